@@ -1,0 +1,184 @@
+"""``ensdef`` command line: a thin shell that parses arguments, calls the library and prints.
+
+Every command takes ``--json`` for machine-readable output on stdout; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from ensdef.config import ConfigError, to_plain
+
+Handler = Callable[[argparse.Namespace], tuple[Any, int]]
+COMMANDS: dict[str, Handler] = {}
+
+
+def command(name: str) -> Callable[[Handler], Handler]:
+    def deco(fn: Handler) -> Handler:
+        COMMANDS[name] = fn
+        return fn
+
+    return deco
+
+
+# --- data / models ----------------------------------------------------------------------------------
+@command("data info")
+def _data_info(a: argparse.Namespace) -> tuple[Any, int]:
+    from ensdef.data import load_dataset
+
+    return load_dataset(a.dataset, a.data_root, a.download).info(), 0
+
+
+@command("models list")
+def _models_list(a: argparse.Namespace) -> tuple[Any, int]:
+    from ensdef.models import MODELS
+
+    return [
+        {
+            "name": s.name,
+            "kind": s.kind.value,
+            "roles": [r.value for r in s.roles],
+            "input_shapes": [list(x) for x in s.input_shapes],
+            "description": s.description,
+        }
+        for s in MODELS.values()
+    ], 0
+
+
+# --- training -----------------------------------------------------------------------------------------
+@command("train")
+def _train(a: argparse.Namespace) -> tuple[Any, int]:
+    from ensdef.data import load_dataset
+    from ensdef.pools import Pool, plan_pool, train_member
+    from ensdef.presets import load_preset
+    from ensdef.store import ArtifactStore
+
+    preset = load_preset(a.preset)
+    data = load_dataset(preset.dataset, a.data_root or preset.data_root, a.download)
+    store = ArtifactStore(a.store)
+    pools = list(Pool) if a.pool == "all" else [Pool(a.pool)]
+    out = []
+    for pool in pools:
+        for plan in plan_pool(preset, pool):
+            if a.skip_existing and store.exists(plan.name) and store.verify(plan.name).ok:
+                m = store.manifest(plan.name)
+                logging.getLogger("ensdef").info("%s exists, skipped", plan.name)
+            else:
+                m = train_member(plan, data, store)
+            out.append(
+                {
+                    "name": m.name,
+                    "pool": pool.value,
+                    "role": m.role.value,
+                    "architecture": m.architecture,
+                    "metrics": m.metrics,
+                }
+            )
+    return {"store": str(a.store), "preset": preset.name, "artifacts": out}, 0
+
+
+# --- artifacts ----------------------------------------------------------------------------------------
+@command("artifacts verify")
+def _verify(a: argparse.Namespace) -> tuple[Any, int]:
+    from ensdef.store import ArtifactStore
+
+    store = ArtifactStore(a.store)
+    res = [store.verify(n) for n in store.names()]
+    return [{"name": r.name, "ok": r.ok, "message": r.message} for r in res], 0 if all(r.ok for r in res) else 1
+
+
+@command("artifacts list")
+def _list(a: argparse.Namespace) -> tuple[Any, int]:
+    from ensdef.store import ArtifactStore
+
+    store = ArtifactStore(a.store)
+    return [to_plain(store.manifest(n)) for n in store.names()], 0
+
+
+@command("artifacts import")
+def _import(a: argparse.Namespace) -> tuple[Any, int]:
+    from ensdef.importing import import_target
+
+    m = import_target(a.store, a.file, preset=a.preset, name=a.name, architecture=a.architecture, data_root=a.data_root)
+    return to_plain(m), 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ensdef", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--json", action="store_true", help="machine-readable output")
+        return sp
+
+    def data_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--data-root", default=None, help="folder with torchvision dataset files")
+        sp.add_argument("--download", action="store_true", help="allow torchvision to download missing files")
+
+    data = sub.add_parser("data", help="datasets").add_subparsers(dest="sub", required=True)
+    di = common(data.add_parser("info", help="split sizes, shape, classes"))
+    di.add_argument("--dataset", default="mnist5k")
+    data_args(di)
+
+    models = sub.add_parser("models", help="model zoo").add_subparsers(dest="sub", required=True)
+    common(models.add_parser("list", help="registered architectures"))
+
+    tr = common(sub.add_parser("train", help="train a preset's pools into an artifact store"))
+    tr.add_argument("--preset", default="mnist5k")
+    tr.add_argument(
+        "--pool", default="all", choices=["all", "target", "verifiers", "denoisers", "reformers", "tempnets"]
+    )
+    tr.add_argument("--store", required=True)
+    tr.add_argument("--skip-existing", action="store_true", help="keep artifacts that exist and verify")
+    data_args(tr)
+
+    art = sub.add_parser("artifacts", help="artifact store").add_subparsers(dest="sub", required=True)
+    common(art.add_parser("verify", help="check every artifact's hash")).add_argument("--store", required=True)
+    common(art.add_parser("list", help="print manifests")).add_argument("--store", required=True)
+    im = common(art.add_parser("import", help="import your own target classifier"))
+    im.add_argument("--store", required=True)
+    im.add_argument("file", help="TorchScript file, or a state_dict file with --architecture")
+    im.add_argument("--architecture", default=None, help="registered architecture of a state_dict")
+    im.add_argument("--preset", default="mnist5k", help="dataset, shape and test split come from here")
+    im.add_argument("--name", default="target")
+    data_args(im)
+    return p
+
+
+def _render(result: Any) -> str:
+    if isinstance(result, list):
+        return "\n".join(_render(r) for r in result)
+    if isinstance(result, dict):
+        return "  ".join(f"{k}={json.dumps(v) if isinstance(v, dict | list) else v}" for k, v in result.items())
+    return str(result)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    key = f"{args.cmd} {args.sub}" if getattr(args, "sub", None) else args.cmd
+    try:
+        result, code = COMMANDS[key](args)
+    except (ConfigError, FileNotFoundError, KeyError, ValueError, RuntimeError) as e:
+        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        if getattr(args, "json", False):
+            print(json.dumps({"error": msg, "type": type(e).__name__}))
+        else:
+            print(f"ensdef: error: {msg}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2) if args.json else _render(result))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

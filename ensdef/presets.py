@@ -1,0 +1,114 @@
+"""Presets: which pools to train, with which architectures and settings. Loaded strictly from YAML."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ensdef.config import ConfigError, from_mapping, to_plain
+from ensdef.noise import NoiseKind
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
+
+
+class Optim(str, Enum):
+    ADAM = "adam"
+    SGD = "sgd"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one model is trained. ``temperature`` divides the logits in the loss (seed 003)."""
+
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: Optim = Optim.ADAM
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    cosine: bool = True  # cosine learning-rate decay over ``epochs``
+    patience: int = 5  # early stopping: epochs without a better validation score
+    shift: int = 0  # random translation augmentation, in pixels
+    rotate: float = 0.0  # random rotation augmentation, in degrees
+    temperature: float = 1.0
+    seed: int = 0
+    device: str = "auto"  # "auto" picks CUDA when present
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    architecture: str
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass(frozen=True)
+class VerifierPool:
+    architectures: tuple[str, ...]
+    train: TrainConfig = field(default_factory=TrainConfig)
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # architecture -> TrainConfig fields
+
+    def train_for(self, architecture: str) -> TrainConfig:
+        """The pool's training config with ``overrides[architecture]`` applied (keys checked)."""
+        ov = self.overrides.get(architecture, {})
+        return from_mapping(TrainConfig, {**to_plain(self.train), **ov}, f"verifiers.overrides.{architecture}")
+
+
+@dataclass(frozen=True)
+class DenoiserMember:
+    architecture: str
+    noise: NoiseKind
+    level: float
+
+
+@dataclass(frozen=True)
+class DenoiserPool:
+    members: tuple[DenoiserMember, ...]
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass(frozen=True)
+class ReformerPool:
+    architectures: tuple[str, ...]
+    noise_sigma: float = 0.1  # Gaussian noise the reformers are trained on (DeT)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass(frozen=True)
+class TempnetPool:
+    count: int = 10  # m
+    base_temperature: float = 10.0  # T_l = base * l
+    partition: bool = False  # disjoint training partitions (the paper's MNIST setting)
+    architecture: str = "tempnet"
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    dataset: str
+    target: ClassifierSpec
+    verifiers: VerifierPool
+    denoisers: DenoiserPool
+    reformers: ReformerPool
+    tempnets: TempnetPool
+    data_root: str | None = None
+
+
+def load_preset(name_or_path: str | Path) -> Preset:
+    """Load ``presets/<name>.yaml`` or a YAML file path; unknown keys raise :class:`ConfigError`."""
+    p = Path(name_or_path)
+    if not p.suffix:
+        p = PRESET_DIR / f"{name_or_path}.yaml"
+    if not p.exists():
+        known = ", ".join(sorted(f.stem for f in PRESET_DIR.glob("*.yaml")))
+        raise ConfigError(f"preset {str(name_or_path)!r} not found (looked for {p}; known presets: {known})")
+    with open(p) as f:
+        data = yaml.safe_load(f)
+    preset = from_mapping(Preset, data, where=f"preset {p.stem}")
+    for arch in preset.verifiers.overrides:
+        preset.verifiers.train_for(arch)  # unknown override keys fail at load time, not mid-training
+    return preset

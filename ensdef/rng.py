@@ -1,0 +1,60 @@
+"""Explicit random generators. Nothing in ensdef touches torch's or numpy's global RNG."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+
+def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A fresh ``torch.Generator`` on ``device`` seeded with ``seed``."""
+    g = torch.Generator(device=torch.device(device))
+    g.manual_seed(int(seed))
+    return g
+
+
+def generator_like(g: torch.Generator, x: torch.Tensor) -> torch.Generator:
+    """``g`` if it lives on ``x``'s device, else a generator on that device seeded from ``g``.
+
+    Keeps replays deterministic when a CPU generator drives CUDA tensors.
+    """
+    if g.device == x.device or (g.device.type == x.device.type == "cpu"):
+        return g
+    seed = int(torch.randint(0, 2**62, (1,), generator=g).item())
+    return make_generator(seed, x.device)
+
+
+def randn_like(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Standard normal noise with ``x``'s shape, dtype and device, drawn from ``g``."""
+    return torch.randn(x.shape, generator=generator_like(g, x), device=x.device, dtype=x.dtype)
+
+
+def rand_like(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Uniform [0, 1) noise with ``x``'s shape, dtype and device, drawn from ``g``."""
+    return torch.rand(x.shape, generator=generator_like(g, x), device=x.device, dtype=x.dtype)
+
+
+def choice(n: int, k: int, g: torch.Generator) -> list[int]:
+    """``k`` distinct indices out of ``range(n)`` drawn from ``g``."""
+    return torch.randperm(n, generator=g, device=g.device)[:k].tolist()
+
+
+def randint(high: int, g: torch.Generator) -> int:
+    """One integer in ``[0, high)`` drawn from ``g``."""
+    return int(torch.randint(0, high, (1,), generator=g, device=g.device).item())
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
+    """Run a block with torch's default RNG seeded to ``seed`` and restore the caller's state after.
+
+    For code that cannot take a generator (weight initialisation, dropout masks): the block is
+    reproducible and the process-wide RNG is left exactly as it was.
+    """
+    dev = torch.device(device)
+    cuda = [dev.index or 0] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(int(seed))
+        yield

@@ -1,0 +1,165 @@
+"""Training loops: classifiers (cross-entropy on logits / T) and denoising autoencoders.
+
+Both keep the weights with the best validation score (early stopping), use only explicit generators, and
+take the device from the config (``auto``: CUDA when present).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ensdef.data import Split
+from ensdef.noise import NoiseSpec, corrupt
+from ensdef.presets import Optim, TrainConfig
+from ensdef.rng import make_generator, seeded
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model: nn.Module  # in eval mode, on CPU
+    metrics: dict[str, float]
+    epochs_run: int
+    seconds: float
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def augment(x: torch.Tensor, shift: int, rotate: float, g: torch.Generator) -> torch.Tensor:
+    """Random affine jitter of ``x`` ``[B, C, H, W]``: translation up to ``shift`` pixels and rotation up to
+    ``rotate`` degrees per image, drawn from ``g``; zero fill outside the image. Identity when both are 0."""
+    if shift <= 0 and rotate <= 0:
+        return x
+    b, _, h, w = x.shape
+    u = torch.rand(b, 3, generator=g).to(x.device) * 2 - 1
+    ang = u[:, 0] * rotate * torch.pi / 180
+    tx, ty = u[:, 1] * shift * 2 / w, u[:, 2] * shift * 2 / h
+    cos, sin = torch.cos(ang), torch.sin(ang)
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Apply ``model`` in eval mode on its own device in batches; returns outputs on ``x``'s device."""
+    dev = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    out = torch.cat([model(x[i : i + batch_size].to(dev)).to(x.device) for i in range(0, len(x), batch_size)])
+    model.train(was)
+    return out
+
+
+def accuracy(model: nn.Module, split: Split, batch_size: int = 512) -> float:
+    return float((predict(model, split.x, batch_size).argmax(1) == split.y).float().mean())
+
+
+def reconstruction_mse(model: nn.Module, split: Split, noise: NoiseSpec | None = None, seed: int = 0) -> float:
+    """Mean squared error per pixel between ``model(q(x))`` and ``x`` (``q`` = ``noise`` or identity)."""
+    x = split.x if noise is None else corrupt(split.x, noise, make_generator(seed))
+    return float(((predict(model, x) - split.x) ** 2).mean())
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer is Optim.SGD:
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def fit(
+    model: nn.Module,
+    train: Split,
+    cfg: TrainConfig,
+    batch_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor],
+    val_score: Callable[[nn.Module], float],
+    desc: str = "train",
+) -> TrainResult:
+    """Generic loop: minimise ``batch_loss`` over ``train``; keep the state with the best ``val_score``."""
+    device = resolve_device(cfg.device)
+    with seeded(cfg.seed, device):  # dropout masks; the caller's RNG state is restored afterwards
+        return _fit(model, train, cfg, batch_loss, val_score, desc, device)
+
+
+def _fit(
+    model: nn.Module,
+    train: Split,
+    cfg: TrainConfig,
+    batch_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor],
+    val_score: Callable[[nn.Module], float],
+    desc: str,
+    device: torch.device,
+) -> TrainResult:
+    g = make_generator(cfg.seed)
+    model.to(device).train()
+    opt = _optimizer(model, cfg)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.epochs, 1)) if cfg.cosine else None
+    best, best_state, stale, epoch, t0 = -float("inf"), None, 0, 0, time.perf_counter()
+    bar = tqdm(range(cfg.epochs), desc=desc, leave=False, disable=None)
+    for epoch in bar:
+        model.train()
+        order = torch.randperm(len(train), generator=g)
+        for i in range(0, len(order), cfg.batch_size):
+            idx = order[i : i + cfg.batch_size]
+            loss = batch_loss(model, train.x[idx].to(device), train.y[idx].to(device), g)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if sched is not None:
+            sched.step()
+        score = val_score(model)
+        bar.set_postfix(loss=f"{loss.item():.4f}", val=f"{score:.4f}")
+        if score > best:
+            best, best_state, stale = score, copy.deepcopy(model.state_dict()), 0
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval().cpu()
+    secs = time.perf_counter() - t0
+    log.info("%s: %d epochs, best val %.4f, %.1fs", desc, epoch + 1, best, secs)
+    return TrainResult(model, {"val_score": best}, epoch + 1, secs)
+
+
+def train_classifier(
+    model: nn.Module, train: Split, val: Split, cfg: TrainConfig, desc: str = "classifier"
+) -> TrainResult:
+    """Cross-entropy on ``logits / cfg.temperature``; early stopping on validation accuracy."""
+    init = getattr(model, "init_from_data", None)
+    if callable(init):
+        init(train.x, make_generator(cfg.seed + 1))
+
+    def loss(m: nn.Module, xb: torch.Tensor, yb: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return F.cross_entropy(m(augment(xb, cfg.shift, cfg.rotate, g)) / cfg.temperature, yb)
+
+    res = fit(model, train, cfg, loss, lambda m: accuracy(m, val), desc)
+    return TrainResult(res.model, {"val_accuracy": res.metrics["val_score"]}, res.epochs_run, res.seconds)
+
+
+def train_autoencoder(
+    model: nn.Module, train: Split, val: Split, cfg: TrainConfig, noise: NoiseSpec, desc: str = "autoencoder"
+) -> TrainResult:
+    """Denoising objective ``||D(q(x)) - x||^2`` with ``q`` = ``noise``; early stopping on validation MSE."""
+
+    def loss(m: nn.Module, xb: torch.Tensor, yb: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return F.mse_loss(m(corrupt(xb, noise, g)), xb)
+
+    res = fit(model, train, cfg, loss, lambda m: -reconstruction_mse(m, val, noise, cfg.seed), desc)
+    return TrainResult(res.model, {"val_mse": -res.metrics["val_score"]}, res.epochs_run, res.seconds)
