@@ -108,6 +108,78 @@ def _import(a: argparse.Namespace) -> tuple[Any, int]:
     return to_plain(m), 0
 
 
+# --- MODEF ----------------------------------------------------------------------------------------------
+@command("select")
+def _select(a: argparse.Namespace) -> tuple[Any, int]:
+    from ensdef.data import load_dataset
+    from ensdef.presets import load_preset
+    from ensdef.selection import run_selection
+    from ensdef.store import ArtifactStore
+
+    preset = load_preset(a.preset)
+    data = load_dataset(preset.dataset, a.data_root or preset.data_root)
+    sel = run_selection(ArtifactStore(a.store), preset, data.val)
+    return {
+        "members": list(sel.members),
+        "kappa": [list(r) for r in sel.kappa],
+        "threshold": sel.threshold,
+        "ranked_count": len(sel.ranked),
+        "all_count": len(sel.all_teams),
+        "ranked_top": [
+            {"team": [sel.members[i] for i in t], "mean_kappa": k}
+            for t, k in list(zip(sel.ranked, sel.ranked_kappa, strict=True))[: a.top]
+        ],
+        "best_kappa_team": [sel.members[i] for i in sel.best],
+        "best_kappa_val_accuracy": sel.best_accuracy,
+        "policy": sel.policy.value,
+    }, 0
+
+
+@command("decide")
+def _decide(a: argparse.Namespace) -> tuple[Any, int]:
+    from ensdef.defenses.registry import build_defense
+    from ensdef.images import read_images
+    from ensdef.presets import load_preset
+    from ensdef.rng import make_generator
+    from ensdef.store import ArtifactStore
+
+    defense = build_defense(a.defense, ArtifactStore(a.store), load_preset(a.preset))
+    x = read_images(a.input)
+    decisions = defense.decide(x, make_generator(a.seed))
+    return [
+        {
+            "label": None if d.abstained else d.label,
+            "flagged": d.flagged,
+            "abstained": d.abstained,
+            **({"diagnostics": dict(d.diagnostics)} if a.diagnostics else {}),
+        }
+        for d in decisions
+    ], 0
+
+
+# --- evaluation -----------------------------------------------------------------------------------------
+@command("evaluate")
+def _evaluate(a: argparse.Namespace) -> tuple[Any, int]:
+    from ensdef.data import load_dataset
+    from ensdef.harness import static_table
+    from ensdef.presets import load_preset
+    from ensdef.store import ArtifactStore
+
+    preset = load_preset(a.preset)
+    data = load_dataset(preset.dataset, a.data_root or preset.data_root)
+    table = static_table(
+        ArtifactStore(a.store),
+        preset,
+        data,
+        a.defenses.split(","),
+        a.attacks.split(","),
+        per_class=a.per_class,
+        seed=a.seed,
+        benign_n=a.benign_n,
+    )
+    return table.to_json(), 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ensdef", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -148,6 +220,30 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--preset", default="mnist5k", help="dataset, shape and test split come from here")
     im.add_argument("--name", default="target")
     data_args(im)
+
+    se = common(sub.add_parser("select", help="kappa matrix and kappa-ranked verifier teams (MODEF)"))
+    se.add_argument("--preset", default="mnist5k")
+    se.add_argument("--store", required=True)
+    se.add_argument("--top", type=int, default=10, help="how many ranked teams to print")
+    data_args(se)
+
+    de = common(sub.add_parser("decide", help="run a defense in process on images"))
+    de.add_argument("--defense", required=True)
+    de.add_argument("--store", required=True)
+    de.add_argument("--preset", default="mnist5k")
+    de.add_argument("--input", required=True, help=".npy ([B,C,H,W], [C,H,W] or [H,W] in [0, 1]) or .png")
+    de.add_argument("--seed", type=int, default=0)
+    de.add_argument("--diagnostics", action="store_true", help="include votes / team / p-value")
+
+    ev = common(sub.add_parser("evaluate", help="benign and attacked scores of defenses side by side"))
+    ev.add_argument("--preset", default="mnist5k")
+    ev.add_argument("--store", required=True)
+    ev.add_argument("--defenses", default="denoising,verification,modef-1tm,modef-mtm")
+    ev.add_argument("--attacks", default="fgsm,bim")
+    ev.add_argument("--per-class", type=int, default=10, help="attacked images per class (MODEF: 10)")
+    ev.add_argument("--benign-n", type=int, default=None, help="benign test images (default: all)")
+    ev.add_argument("--seed", type=int, default=0)
+    data_args(ev)
     return p
 
 

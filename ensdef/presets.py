@@ -10,7 +10,10 @@ from typing import Any
 import yaml
 
 from ensdef.config import ConfigError, from_mapping, to_plain
+from ensdef.defenses.crosslayer import CrossLayerMode
+from ensdef.defenses.verification import OnDisagree, VoteRule
 from ensdef.noise import NoiseKind
+from ensdef.teams import TeamPolicy
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 
@@ -87,6 +90,20 @@ class TempnetPool:
 
 
 @dataclass(frozen=True)
+class ModefConfig:
+    """MODEF team selection and voting (seed 000)."""
+
+    min_team: int = 3
+    max_team: int = 5
+    kappa_threshold: float = 0.8  # teams with mean pairwise kappa below this form the kappa-ranked list
+    policy: TeamPolicy = TeamPolicy.RAND_KAPPA
+    vote: VoteRule = VoteRule.SOFT
+    on_disagree: OnDisagree = OnDisagree.REPAIR
+    cross_layer: CrossLayerMode = CrossLayerMode.MANY_TO_MANY
+    consensus: float = 0.5  # many-to-many: flagged unless more than this fraction of versions agree
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     dataset: str
@@ -95,6 +112,7 @@ class Preset:
     denoisers: DenoiserPool
     reformers: ReformerPool
     tempnets: TempnetPool
+    modef: ModefConfig = field(default_factory=ModefConfig)
     data_root: str | None = None
 
 

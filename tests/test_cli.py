@@ -20,8 +20,12 @@ def _json(capsys, argv: list[str]) -> object:
 
 def test_data_info(capsys) -> None:
     out = _json(capsys, ["data", "info", "--dataset", "mnist5k", "--json"])
-    assert out == {"dataset": "mnist5k", "shape": [1, 28, 28], "num_classes": 10,
-                   "splits": {"train": 3500, "val": 500, "test": 1000}}
+    assert out == {
+        "dataset": "mnist5k",
+        "shape": [1, 28, 28],
+        "num_classes": 10,
+        "splits": {"train": 3500, "val": 500, "test": 1000},
+    }
 
 
 def test_data_info_missing_cifar_folder(tmp_path: Path, capsys) -> None:
@@ -36,27 +40,92 @@ def test_models_list(capsys) -> None:
     assert all(m["roles"] and m["input_shapes"] for m in out)
 
 
-def test_train_every_pool_of_a_tiny_preset(tmp_path: Path, capsys) -> None:
-    out = _json(capsys, ["train", "--preset", str(FIXTURES / "tiny.yaml"), "--pool", "all",
-                         "--store", str(tmp_path), "--json"])
-    by_pool: dict[str, list[dict]] = {}
-    for a in out["artifacts"]:
-        by_pool.setdefault(a["pool"], []).append(a)
-    assert {k: len(v) for k, v in by_pool.items()} == {"target": 1, "verifiers": 3, "denoisers": 3,
-                                                       "reformers": 3, "tempnets": 3}
-    assert all(0.0 <= a["metrics"]["test_accuracy"] <= 1.0 for a in by_pool["verifiers"])
-    assert all(a["metrics"]["test_mse_clean"] < 0.2 for a in by_pool["denoisers"])
-    temps = [ArtifactStore(tmp_path).manifest(a["name"]) for a in by_pool["tempnets"]]
+def test_train_command_and_skip_existing(tmp_path: Path, capsys) -> None:
+    argv = ["train", "--preset", str(FIXTURES / "tiny.yaml"), "--pool", "target", "--store", str(tmp_path), "--json"]
+    out = _json(capsys, argv)
+    assert [a["name"] for a in out["artifacts"]] == ["target"] and 0 <= out["artifacts"][0]["metrics"]["test_accuracy"]
+    again = _json(capsys, [*argv, "--skip-existing"])  # keeps what exists and verifies
+    assert again["artifacts"][0]["metrics"] == out["artifacts"][0]["metrics"]
+
+
+def test_tiny_store_has_every_pool(tiny_store) -> None:
+    store, _ = tiny_store
+    by_role = {r: [m.name for m in store.by_role(r)] for r in Role}
+    assert {r.value: len(v) for r, v in by_role.items()} == {
+        "target": 1,
+        "verifier": 3,
+        "denoiser": 3,
+        "reformer": 3,
+        "tempnet": 3,
+        "rls": 0,
+    }
+    temps = [store.manifest(n) for n in by_role[Role.TEMPNET]]
     assert [t.extra["temperature"] for t in temps] == [10.0, 20.0, 30.0]
     assert [t.metrics["train_size"] for t in temps] == [1167, 1167, 1166]  # disjoint partitions
-    assert all(t.role is Role.TEMPNET and t.train_config["temperature"] == t.extra["temperature"] for t in temps)
-    # a second run with --skip-existing keeps what verifies
-    again = _json(capsys, ["train", "--preset", str(FIXTURES / "tiny.yaml"), "--pool", "target",
-                           "--store", str(tmp_path), "--skip-existing", "--json"])
-    assert again["artifacts"][0]["metrics"] == by_pool["target"][0]["metrics"]
+    assert all(t.train_config["temperature"] == t.extra["temperature"] for t in temps)
+    assert all(store.manifest(n).metrics["test_mse_clean"] < 0.2 for n in by_role[Role.DENOISER])
+
+
+def test_select_decide_and_evaluate_commands(tiny_store, tmp_path: Path, capsys) -> None:
+    import numpy as np
+
+    from ensdef.data import load_mnist5k
+
+    store, _ = tiny_store
+    tiny = str(FIXTURES / "tiny.yaml")
+    sel = _json(capsys, ["select", "--preset", tiny, "--store", store.root, "--json"])
+    assert len(sel["kappa"]) == 3 and sel["ranked_count"] == 4 and len(sel["best_kappa_team"]) in (2, 3)
+    x = load_mnist5k().test.x[:3].numpy()
+    np.save(tmp_path / "q.npy", x)
+    argv = [
+        "decide",
+        "--defense",
+        "modef",
+        "--preset",
+        tiny,
+        "--store",
+        store.root,
+        "--input",
+        str(tmp_path / "q.npy"),
+        "--seed",
+        "3",
+        "--json",
+        "--diagnostics",
+    ]
+    first = _json(capsys, argv)
+    assert len(first) == 3 and all({"label", "flagged", "abstained", "diagnostics"} <= set(d) for d in first)
+    assert _json(capsys, argv) == first
+    np.save(tmp_path / "bad.npy", x * 2)
+    assert main([*argv[:-5], str(tmp_path / "bad.npy"), "--json"]) == 2
+    assert "[0, 1]" in json.loads(capsys.readouterr().out)["error"]
+    ev = _json(
+        capsys,
+        [
+            "evaluate",
+            "--preset",
+            tiny,
+            "--store",
+            store.root,
+            "--defenses",
+            "denoising,modef-mtm",
+            "--attacks",
+            "fgsm",
+            "--per-class",
+            "1",
+            "--benign-n",
+            "20",
+            "--json",
+        ],
+    )
+    assert set(ev["rows"]) == {"denoising", "modef-mtm"} and ev["attacks"]["fgsm"]["n"] <= 10
+    assert ev["attacks"]["fgsm"]["linf"] <= 0.3 + 1e-6
+    for row in ev["rows"].values():
+        for r in row.values():
+            assert abs(r["psr"] + r["tsr"] + r["fp"] + r["wrong_unflagged"] - 1) < 1e-9
 
 
 def test_console_script_runs() -> None:
-    res = subprocess.run([sys.executable, "-m", "ensdef.cli", "models", "list", "--json"],
-                         capture_output=True, text=True, check=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "ensdef.cli", "models", "list", "--json"], capture_output=True, text=True, check=True
+    )
     assert any(m["name"] == "cw7" for m in json.loads(res.stdout))

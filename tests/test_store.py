@@ -16,8 +16,16 @@ from ensdef.types import Role
 def _save(store: ArtifactStore, name: str = "verifier-lenet") -> tuple[torch.nn.Module, Manifest]:
     with seeded(0):
         model = build("lenet", (1, 28, 28)).eval()
-    m = Manifest(name=name, role=Role.VERIFIER, architecture="lenet", dataset="mnist5k", input_shape=(1, 28, 28),
-                 num_classes=10, sha256="", metrics={"test_accuracy": 0.5})
+    m = Manifest(
+        name=name,
+        role=Role.VERIFIER,
+        architecture="lenet",
+        dataset="mnist5k",
+        input_shape=(1, 28, 28),
+        num_classes=10,
+        sha256="",
+        metrics={"test_accuracy": 0.5},
+    )
     return model, store.save_model(model, m)
 
 
@@ -82,8 +90,23 @@ def test_import_torchscript_and_state_dict_targets(tmp_path: Path, capsys) -> No
     assert main(["artifacts", "import", str(ts), "--store", str(store_dir), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["format"] == "torchscript" and out["role"] == "target" and 0 <= out["metrics"]["test_accuracy"] <= 1
-    assert main(["artifacts", "import", str(sd), "--architecture", "cnn6", "--name", "target-sd",
-                 "--store", str(store_dir), "--json"]) == 0
+    assert (
+        main(
+            [
+                "artifacts",
+                "import",
+                str(sd),
+                "--architecture",
+                "cnn6",
+                "--name",
+                "target-sd",
+                "--store",
+                str(store_dir),
+                "--json",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     store = ArtifactStore(store_dir)
     x = torch.rand(3, 1, 28, 28, generator=make_generator(1))

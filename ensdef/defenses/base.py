@@ -1,0 +1,56 @@
+"""The Defense contract: ``decide`` returns one Decision per input; ``surrogate`` is a differentiable path
+through the same members for attacks (mean member log-probabilities)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ensdef.rng import randint
+from ensdef.types import Decision
+
+
+class Defense(ABC):
+    """Members plus an aggregation. Inputs ``x``: ``[B, C, H, W]`` in [0, 1] on the members' device."""
+
+    name: str = "defense"
+
+    @abstractmethod
+    def decide(self, x: torch.Tensor, g: torch.Generator) -> list[Decision]:
+        """One Decision per input. Replaying with an equally seeded ``g`` gives equal Decisions."""
+
+    @abstractmethod
+    def surrogate(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        """Differentiable ``[B, K]`` log-probabilities of the defended classifier; with ``g`` the defense's
+        random choices are drawn from it (one EOT sample), without it every member is used."""
+
+
+def log_probs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return F.log_softmax(model(x), dim=1)
+
+
+def probs_of(models: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """``[M, B, K]`` softmax outputs of ``models`` on ``x``."""
+    return torch.stack([F.softmax(m(x), dim=1) for m in models])
+
+
+def mean_log_probs(models: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """``[B, K]`` mean over members of log-softmax outputs (the surrogate of DESIGN.md)."""
+    return torch.stack([log_probs(m, x) for m in models]).mean(0)
+
+
+def plurality(labels: torch.Tensor, num_classes: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per column of ``labels`` ``[Z, B]`` the most voted class (ties broken uniformly with ``g``) and its
+    count. Returns ``(label [B], count [B])``."""
+    z, b = labels.shape
+    counts = torch.zeros(b, num_classes, dtype=torch.long, device=labels.device)
+    counts.scatter_add_(1, labels.T.long(), torch.ones_like(labels.T, dtype=torch.long))
+    top = counts.max(1).values
+    out = torch.empty(b, dtype=torch.long, device=labels.device)
+    for i in range(b):
+        tied = (counts[i] == top[i]).nonzero().flatten()
+        out[i] = tied[randint(len(tied), g)] if len(tied) > 1 else tied[0]
+    return out, top

@@ -1,0 +1,90 @@
+"""MODEF denoising-verification cross-layer ensembles (section IV-B).
+
+* one-to-many: the denoising ensemble's voted image goes to the target; a verifier team drawn per request
+  confirms or repairs (or flags) its label. Flagged also when the denoisers reach no majority.
+* many-to-many: ``P_k = mean_i V_i(D_k(x))`` for every denoised version k; the most confident k gives the
+  label. **Flag rule**: flagged unless more than ``consensus`` of the Z_D versions have ``argmax P_k`` equal
+  to that label (default 0.5: a strict majority). Why: a perturbation that a single denoiser fails to remove
+  only moves its own ``P_k``, so disagreement across denoised versions is the signal MODEF exploits; the
+  target is left out of the rule because flagging an input the ensemble already repaired would turn a
+  prevention into a false positive and lower DSR.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+from torch import nn
+
+from ensdef.defenses.base import Defense, mean_log_probs, probs_of
+from ensdef.defenses.denoising import DenoisingEnsemble
+from ensdef.defenses.verification import OnDisagree, VerificationEnsemble, VoteRule
+from ensdef.teams import TeamSelection
+from ensdef.types import Decision
+
+
+class CrossLayerMode(str, Enum):
+    ONE_TO_MANY = "one_to_many"
+    MANY_TO_MANY = "many_to_many"
+
+
+@dataclass(frozen=True)
+class ManyToManyVote:
+    label: torch.Tensor  # [B]
+    flagged: torch.Tensor  # [B]
+    chosen: torch.Tensor  # [B] the most confident denoised version c
+    per_version: torch.Tensor  # [Z_D, B] argmax P_k
+
+
+def many_to_many_vote(probs: torch.Tensor, consensus: float = 0.5) -> ManyToManyVote:
+    """Aggregate ``probs`` ``[Z_D, Z_V, B, K]`` = V_i(D_k(x)) (pure, deterministic)."""
+    p = probs.mean(1)  # [Z_D, B, K]
+    conf, per_version = p.max(2)  # [Z_D, B]
+    chosen = conf.argmax(0)  # [B]
+    label = per_version.gather(0, chosen[None]).squeeze(0)
+    agree = (per_version == label[None]).float().mean(0)
+    return ManyToManyVote(label, agree <= consensus, chosen, per_version)
+
+
+class CrossLayerEnsemble(Defense):
+    def __init__(
+        self,
+        denoisers: Sequence[nn.Module],
+        target: nn.Module,
+        verifiers: Sequence[nn.Module],
+        teams: TeamSelection,
+        mode: CrossLayerMode = CrossLayerMode.MANY_TO_MANY,
+        rule: VoteRule = VoteRule.SOFT,
+        on_disagree: OnDisagree = OnDisagree.REPAIR,
+        consensus: float = 0.5,
+        num_classes: int = 10,
+    ) -> None:
+        self.denoising = DenoisingEnsemble(denoisers, target, num_classes)
+        self.verification = VerificationEnsemble(target, verifiers, teams, rule, on_disagree)
+        self.mode, self.consensus = mode, consensus
+        self.name = f"modef-{mode.value}"
+
+    @torch.no_grad()
+    def decide(self, x: torch.Tensor, g: torch.Generator) -> list[Decision]:
+        if self.mode is CrossLayerMode.ONE_TO_MANY:
+            dv, image = self.denoising.vote(x, g)
+            label, disagree_flag, team = self.verification.verify(image, g)
+            flagged = dv.flagged | disagree_flag
+        else:
+            team = self.verification.teams.draw(g)
+            members = [self.verification.verifiers[i] for i in team]
+            den = self.denoising.denoise(x)
+            v = many_to_many_vote(torch.stack([probs_of(members, d) for d in den]), self.consensus)
+            label, flagged = v.label, v.flagged
+        names = [self.verification.teams.members[i] for i in team]
+        return [Decision(int(label[i]), bool(flagged[i]), {"team": names}) for i in range(len(x))]
+
+    def surrogate(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        ver = self.verification
+        members = ver.verifiers if g is None else ver.team(g)
+        if self.mode is CrossLayerMode.ONE_TO_MANY:
+            members = [ver.target, *members]
+        return torch.stack([mean_log_probs(members, d(x)) for d in self.denoising.denoisers]).mean(0)

@@ -1,0 +1,90 @@
+"""Defense registry: a name maps to a builder that assembles the defense from an artifact store."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ensdef.defenses.base import Defense
+from ensdef.defenses.crosslayer import CrossLayerEnsemble, CrossLayerMode
+from ensdef.defenses.denoising import DenoisingEnsemble
+from ensdef.defenses.verification import VerificationEnsemble
+from ensdef.presets import Preset
+from ensdef.store import ArtifactStore
+from ensdef.teams import TeamSelection
+from ensdef.types import Role
+
+TEAMS_ARTIFACT = "teams-verifiers"
+Builder = Callable[[ArtifactStore, Preset, torch.device], Defense]
+DEFENSES: dict[str, Builder] = {}
+
+
+def register_defense(name: str) -> Callable[[Builder], Builder]:
+    def deco(fn: Builder) -> Builder:
+        DEFENSES[name] = fn
+        return fn
+
+    return deco
+
+
+def load_role(store: ArtifactStore, role: Role, device: torch.device) -> tuple[list[str], list[nn.Module]]:
+    """All stored members of ``role`` (sorted by name), loaded on ``device`` with hash checks."""
+    names = [m.name for m in store.by_role(role)]
+    if not names:
+        raise FileNotFoundError(f"no {role.value} artifacts in store {store.root}; train them with `ensdef train`")
+    return names, [store.load_model(n, device)[0] for n in names]
+
+
+def load_target(store: ArtifactStore, device: torch.device) -> nn.Module:
+    return store.load_model("target", device)[0]
+
+
+def load_teams(store: ArtifactStore, preset: Preset, device: torch.device) -> tuple[TeamSelection, list[nn.Module]]:
+    """The saved team selection (policy from the preset) and its verifiers, in the selection's order."""
+    if not store.has_json(TEAMS_ARTIFACT):
+        raise FileNotFoundError(f"no team selection in store {store.root}; run `ensdef select` first")
+    teams = TeamSelection.from_json(store.load_json(TEAMS_ARTIFACT)).with_policy(preset.modef.policy)
+    return teams, [store.load_model(n, device)[0] for n in teams.members]
+
+
+@register_defense("denoising")
+def _denoising(store: ArtifactStore, preset: Preset, device: torch.device) -> Defense:
+    return DenoisingEnsemble(load_role(store, Role.DENOISER, device)[1], load_target(store, device))
+
+
+@register_defense("verification")
+def _verification(store: ArtifactStore, preset: Preset, device: torch.device) -> Defense:
+    teams, verifiers = load_teams(store, preset, device)
+    c = preset.modef
+    return VerificationEnsemble(load_target(store, device), verifiers, teams, c.vote, c.on_disagree)
+
+
+def _crosslayer(mode: CrossLayerMode | None) -> Builder:
+    def build(store: ArtifactStore, preset: Preset, device: torch.device) -> Defense:
+        teams, verifiers = load_teams(store, preset, device)
+        c = preset.modef
+        return CrossLayerEnsemble(
+            load_role(store, Role.DENOISER, device)[1],
+            load_target(store, device),
+            verifiers,
+            teams,
+            mode or c.cross_layer,
+            c.vote,
+            c.on_disagree,
+            c.consensus,
+        )
+
+    return build
+
+
+register_defense("modef")(_crosslayer(None))
+register_defense("modef-1tm")(_crosslayer(CrossLayerMode.ONE_TO_MANY))
+register_defense("modef-mtm")(_crosslayer(CrossLayerMode.MANY_TO_MANY))
+
+
+def build_defense(name: str, store: ArtifactStore, preset: Preset, device: torch.device | str = "cpu") -> Defense:
+    if name not in DEFENSES:
+        raise KeyError(f"unknown defense {name!r}; known: {', '.join(DEFENSES)}")
+    return DEFENSES[name](store, preset, torch.device(device))

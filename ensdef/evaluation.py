@@ -1,0 +1,37 @@
+"""Evaluation helpers: the attack set (first correctly classified test images, balanced per class) and
+defense scoring over batches with a replayable generator."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ensdef.data import Split
+from ensdef.defenses.base import Defense
+from ensdef.metrics import Rates, rates
+from ensdef.rng import make_generator
+from ensdef.train import predict
+from ensdef.types import Decision
+
+
+def attack_set(target: nn.Module, test: Split, per_class: int, num_classes: int = 10) -> Split:
+    """The first ``per_class`` test images of each class that ``target`` classifies correctly (MODEF V-A)."""
+    ok = predict(target, test.x).argmax(1) == test.y
+    idx: list[int] = []
+    for c in range(num_classes):
+        idx += (ok & (test.y == c)).nonzero().flatten()[:per_class].tolist()
+    return test.subset(sorted(idx))
+
+
+def decide_all(defense: Defense, x: torch.Tensor, seed: int, batch_size: int = 50, desc: str = "") -> list[Decision]:
+    """Decisions for every row of ``x``; one generator seeded with ``seed`` drives all batches in order."""
+    g = make_generator(seed)
+    out: list[Decision] = []
+    for i in tqdm(range(0, len(x), batch_size), desc=desc or defense.name, leave=False, disable=None):
+        out += defense.decide(x[i : i + batch_size], g)
+    return out
+
+
+def score(defense: Defense, x: torch.Tensor, y: torch.Tensor, seed: int, batch_size: int = 50) -> Rates:
+    return rates(decide_all(defense, x, seed, batch_size), y.numpy())
