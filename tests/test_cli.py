@@ -9,7 +9,6 @@ from conftest import FIXTURES
 
 from ensdef.cli import main
 from ensdef.models import MODELS
-from ensdef.store import ArtifactStore
 from ensdef.types import Role
 
 
