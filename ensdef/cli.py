@@ -157,6 +157,22 @@ def _decide(a: argparse.Namespace) -> tuple[Any, int]:
     ], 0
 
 
+@command("certify")
+def _certify(a: argparse.Namespace) -> tuple[Any, int]:
+    from ensdef.certify_run import certify_split
+    from ensdef.data import load_dataset
+    from ensdef.presets import load_preset
+    from ensdef.store import ArtifactStore
+
+    preset = load_preset(a.preset)
+    data = load_dataset(preset.dataset, a.data_root or preset.data_root)
+    c = preset.noisy_vote
+    return certify_split(
+        ArtifactStore(a.store), preset, data.test.subset(range(a.count)), n0=a.n0 or c.n0, n=a.n or c.n,
+        alpha=a.alpha or c.alpha, sigma=a.sigma or c.sigma, seed=a.seed, out=a.out, radii=a.radii,
+    ), 0
+
+
 # --- evaluation -----------------------------------------------------------------------------------------
 @command("evaluate")
 def _evaluate(a: argparse.Namespace) -> tuple[Any, int]:
@@ -234,6 +250,19 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--input", required=True, help=".npy ([B,C,H,W], [C,H,W] or [H,W] in [0, 1]) or .png")
     de.add_argument("--seed", type=int, default=0)
     de.add_argument("--diagnostics", action="store_true", help="include votes / team / p-value")
+
+    ce = common(sub.add_parser("certify", help="randomized-smoothing certificates of the noisy-vote ensemble"))
+    ce.add_argument("--preset", default="mnist5k")
+    ce.add_argument("--store", required=True)
+    ce.add_argument("--count", type=int, default=100, help="first N test images")
+    ce.add_argument("--n", type=int, default=None, help="estimation samples (preset default)")
+    ce.add_argument("--n0", type=int, default=None, help="selection samples (preset default)")
+    ce.add_argument("--alpha", type=float, default=None)
+    ce.add_argument("--sigma", type=float, default=None)
+    ce.add_argument("--radii", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0])
+    ce.add_argument("--out", default=None, help="folder for certify.json and certified_accuracy.png")
+    ce.add_argument("--seed", type=int, default=0)
+    data_args(ce)
 
     ev = common(sub.add_parser("evaluate", help="benign and attacked scores of defenses side by side"))
     ev.add_argument("--preset", default="mnist5k")

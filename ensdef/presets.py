@@ -38,6 +38,7 @@ class TrainConfig:
     shift: int = 0  # random translation augmentation, in pixels
     rotate: float = 0.0  # random rotation augmentation, in degrees
     temperature: float = 1.0
+    noise_sigma: float = 0.0  # Gaussian noise augmentation (x + sigma N(0, 1), unclipped), as for smoothing
     seed: int = 0
     device: str = "auto"  # "auto" picks CUDA when present
 
@@ -104,6 +105,19 @@ class ModefConfig:
 
 
 @dataclass(frozen=True)
+class NoisyVoteConfig:
+    """Seed 003: query-time noise, rank verification and certification."""
+
+    sigma: float = 0.5  # per-member query noise (MNIST 0.5, CIFAR-10 0.03)
+    alpha_rv: float = 0.05  # rank verification: p >= alpha_rv abstains
+    rank_verification: bool = True
+    n0: int = 100  # certification: selection samples
+    n: int = 1000  # certification: estimation samples
+    alpha: float = 0.001  # certification: failure probability of the Clopper-Pearson bound
+    batch_size: int = 500  # noisy samples per forward pass
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     dataset: str
@@ -113,6 +127,7 @@ class Preset:
     reformers: ReformerPool
     tempnets: TempnetPool
     modef: ModefConfig = field(default_factory=ModefConfig)
+    noisy_vote: NoisyVoteConfig = field(default_factory=NoisyVoteConfig)
     data_root: str | None = None
 
 

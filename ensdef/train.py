@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from ensdef.data import Split
 from ensdef.noise import NoiseSpec, corrupt
 from ensdef.presets import Optim, TrainConfig
-from ensdef.rng import make_generator, seeded
+from ensdef.rng import make_generator, randn_like, seeded
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,10 @@ def train_classifier(
         init(train.x, make_generator(cfg.seed + 1))
 
     def loss(m: nn.Module, xb: torch.Tensor, yb: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        return F.cross_entropy(m(augment(xb, cfg.shift, cfg.rotate, g)) / cfg.temperature, yb)
+        xb = augment(xb, cfg.shift, cfg.rotate, g)
+        if cfg.noise_sigma > 0:
+            xb = xb + cfg.noise_sigma * randn_like(xb, g)
+        return F.cross_entropy(m(xb) / cfg.temperature, yb)
 
     res = fit(model, train, cfg, loss, lambda m: accuracy(m, val), desc)
     return TrainResult(res.model, {"val_accuracy": res.metrics["val_score"]}, res.epochs_run, res.seconds)

@@ -10,6 +10,7 @@ from torch import nn
 from ensdef.defenses.base import Defense
 from ensdef.defenses.crosslayer import CrossLayerEnsemble, CrossLayerMode
 from ensdef.defenses.denoising import DenoisingEnsemble
+from ensdef.defenses.noisy_vote import NoisyVoteEnsemble
 from ensdef.defenses.verification import VerificationEnsemble
 from ensdef.presets import Preset
 from ensdef.store import ArtifactStore
@@ -82,6 +83,13 @@ def _crosslayer(mode: CrossLayerMode | None) -> Builder:
 register_defense("modef")(_crosslayer(None))
 register_defense("modef-1tm")(_crosslayer(CrossLayerMode.ONE_TO_MANY))
 register_defense("modef-mtm")(_crosslayer(CrossLayerMode.MANY_TO_MANY))
+
+
+@register_defense("noisy-vote")
+def _noisy_vote(store: ArtifactStore, preset: Preset, device: torch.device) -> Defense:
+    c = preset.noisy_vote
+    members = load_role(store, Role.TEMPNET, device)[1]
+    return NoisyVoteEnsemble(members, c.sigma, c.alpha_rv if c.rank_verification else None)
 
 
 def build_defense(name: str, store: ArtifactStore, preset: Preset, device: torch.device | str = "cpu") -> Defense:

@@ -1,0 +1,87 @@
+"""Seed 003: an ensemble of temperature-trained networks with noisy logits, plurality vote and rank
+verification.
+
+Each member answers only for its own freshly noised input ``x + N(0, sigma^2)``: clean logits never leave a
+member (:func:`noisy_labels` returns labels of noisy logits, nothing else). Rank verification tests the top
+two vote counts with ``binomtest(n_A, n_A + n_B, 0.5)`` and abstains when ``p >= alpha``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from scipy.stats import binomtest
+from torch import nn
+
+from ensdef.defenses.base import Defense, mean_log_probs
+from ensdef.rng import randn_like
+from ensdef.types import ABSTAIN, Decision
+
+
+def noisy_logits(member: nn.Module, x: torch.Tensor, sigma: float, g: torch.Generator) -> torch.Tensor:
+    """Logits ``[B, K]`` of ``member`` on ``x + sigma * N(0, 1)`` with fresh noise from ``g``."""
+    return member(x + sigma * randn_like(x, g)) if sigma > 0 else member(x)
+
+
+def vote_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``[B, K]`` vote counts from member labels ``[M, B]``."""
+    counts = torch.zeros(labels.shape[1], num_classes, dtype=torch.long, device=labels.device)
+    return counts.scatter_add_(1, labels.T.long(), torch.ones_like(labels.T, dtype=torch.long))
+
+
+@dataclass(frozen=True)
+class RankVerified:
+    label: torch.Tensor  # [B] plurality label (lowest class index on ties), ABSTAIN where rejected
+    p_value: torch.Tensor  # [B] binomtest p of the top two counts
+    counts: torch.Tensor  # [B, K]
+
+
+def rank_verify(counts: torch.Tensor, alpha: float | None) -> RankVerified:
+    """Plurality label and rank-verification p-value per row of ``counts`` ``[B, K]``; abstain when
+    ``p >= alpha`` (``alpha=None`` never abstains)."""
+    top2 = counts.topk(2, dim=1)
+    n_a, n_b = top2.values[:, 0].tolist(), top2.values[:, 1].tolist()
+    p = torch.tensor([binomtest(a, a + b, 0.5).pvalue for a, b in zip(n_a, n_b, strict=True)], dtype=torch.float64)
+    label = counts.argmax(1).cpu()
+    if alpha is not None:
+        label = torch.where(p >= alpha, torch.full_like(label, ABSTAIN), label)
+    return RankVerified(label, p, counts)
+
+
+class NoisyVoteEnsemble(Defense):
+    name = "noisy-vote"
+
+    def __init__(
+        self,
+        members: Sequence[nn.Module],
+        sigma: float = 0.5,
+        alpha_rv: float | None = 0.05,
+        num_classes: int = 10,
+    ) -> None:
+        self.members, self.sigma, self.alpha_rv, self.num_classes = list(members), sigma, alpha_rv, num_classes
+
+    @torch.no_grad()
+    def member_labels(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """``[M, B]``: each member's label for its own noisy copy of ``x``."""
+        return torch.stack([noisy_logits(m, x, self.sigma, g).argmax(1) for m in self.members])
+
+    @torch.no_grad()
+    def base_vote(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B]`` plurality of the members on ``x`` itself (no member noise): the deterministic base
+        classifier F* that certification smooths."""
+        labels = torch.stack([m(x).argmax(1) for m in self.members])
+        return vote_counts(labels, self.num_classes).argmax(1)
+
+    def decide(self, x: torch.Tensor, g: torch.Generator) -> list[Decision]:
+        rv = rank_verify(vote_counts(self.member_labels(x, g), self.num_classes), self.alpha_rv)
+        return [
+            Decision(int(rv.label[i]), False, {"votes": rv.counts[i].tolist(), "p_value": float(rv.p_value[i])})
+            for i in range(len(x))
+        ]
+
+    def surrogate(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        if g is None:
+            return mean_log_probs(self.members, x)
+        return torch.stack([torch.log_softmax(noisy_logits(m, x, self.sigma, g), 1) for m in self.members]).mean(0)
