@@ -51,8 +51,15 @@ def sample_counts(
 
 
 def certify(
-    vote: VoteFn, x: torch.Tensor, sigma: float, n0: int, n: int, alpha: float, num_classes: int,
-    g: torch.Generator, batch_size: int = 500,
+    vote: VoteFn,
+    x: torch.Tensor,
+    sigma: float,
+    n0: int,
+    n: int,
+    alpha: float,
+    num_classes: int,
+    g: torch.Generator,
+    batch_size: int = 500,
 ) -> Certificate:
     """Certify one input ``x`` ``[C, H, W]``."""
     c0 = sample_counts(vote, x, sigma, n0, num_classes, batch_size, g)

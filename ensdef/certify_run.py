@@ -26,8 +26,16 @@ log = logging.getLogger(__name__)
 
 
 def certify_split(
-    store: ArtifactStore, preset: Preset, split: Split, n0: int, n: int, alpha: float, sigma: float, seed: int,
-    out: str | None, radii: list[float],
+    store: ArtifactStore,
+    preset: Preset,
+    split: Split,
+    n0: int,
+    n: int,
+    alpha: float,
+    sigma: float,
+    seed: int,
+    out: str | None,
+    radii: list[float],
 ) -> dict[str, Any]:
     members = load_role(store, Role.TEMPNET, torch.device("cpu"))[1]
     ens = NoisyVoteEnsemble(members, sigma, None)
@@ -40,19 +48,35 @@ def certify_split(
     y = split.y.numpy()
     table = certified_accuracy(certs, y, radii)
     result = {
-        "settings": {"sigma": sigma, "n0": n0, "n": n, "alpha": alpha, "seed": seed, "count": len(split),
-                     "members": len(members)},
+        "settings": {
+            "sigma": sigma,
+            "n0": n0,
+            "n": n,
+            "alpha": alpha,
+            "seed": seed,
+            "count": len(split),
+            "members": len(members),
+        },
         "certified_accuracy": {f"{r:g}": v for r, v in table.items()},
         "abstain_rate": float(np.mean([c.label == ABSTAIN for c in certs])),
         "seconds": round(time.perf_counter() - t0, 1),
-        "certificates": [{"label": c.label, "radius": c.radius, "p_value": c.p_value, "p_a_lower": c.p_a_lower,
-                          "true": int(t)} for c, t in zip(certs, y, strict=True)],
+        "certificates": [
+            {"label": c.label, "radius": c.radius, "p_value": c.p_value, "p_a_lower": c.p_a_lower, "true": int(t)}
+            for c, t in zip(certs, y, strict=True)
+        ],
     }
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "certify.json").write_text(json.dumps(result, indent=2))
         fine = list(np.linspace(0, max(radii), 41))
         acc = certified_accuracy(certs, y, fine)
-        result["plot"] = str(curve(Path(out) / "certified_accuracy.png", {f"sigma={sigma:g}": (fine, list(acc.values()))},
-                                   "L2 radius", "certified accuracy", f"noisy-vote ensemble, m={len(members)}"))
+        result["plot"] = str(
+            curve(
+                Path(out) / "certified_accuracy.png",
+                {f"sigma={sigma:g}": (fine, list(acc.values()))},
+                "L2 radius",
+                "certified accuracy",
+                f"noisy-vote ensemble, m={len(members)}",
+            )
+        )
     return result

@@ -54,32 +54,14 @@ def _models_list(a: argparse.Namespace) -> tuple[Any, int]:
 @command("train")
 def _train(a: argparse.Namespace) -> tuple[Any, int]:
     from ensdef.data import load_dataset
-    from ensdef.pools import Pool, plan_pool, train_member
+    from ensdef.pools import Pool, train_pools
     from ensdef.presets import load_preset
     from ensdef.store import ArtifactStore
 
     preset = load_preset(a.preset)
     data = load_dataset(preset.dataset, a.data_root or preset.data_root, a.download)
-    store = ArtifactStore(a.store)
     pools = list(Pool) if a.pool == "all" else [Pool(a.pool)]
-    out = []
-    for pool in pools:
-        for plan in plan_pool(preset, pool):
-            if a.skip_existing and store.exists(plan.name) and store.verify(plan.name).ok:
-                m = store.manifest(plan.name)
-                logging.getLogger("ensdef").info("%s exists, skipped", plan.name)
-            else:
-                m = train_member(plan, data, store)
-            out.append(
-                {
-                    "name": m.name,
-                    "pool": pool.value,
-                    "role": m.role.value,
-                    "architecture": m.architecture,
-                    "metrics": m.metrics,
-                }
-            )
-    return {"store": str(a.store), "preset": preset.name, "artifacts": out}, 0
+    return train_pools(preset, data, ArtifactStore(a.store), pools, a.skip_existing), 0
 
 
 # --- artifacts ----------------------------------------------------------------------------------------
@@ -168,8 +150,16 @@ def _certify(a: argparse.Namespace) -> tuple[Any, int]:
     data = load_dataset(preset.dataset, a.data_root or preset.data_root)
     c = preset.noisy_vote
     return certify_split(
-        ArtifactStore(a.store), preset, data.test.subset(range(a.count)), n0=a.n0 or c.n0, n=a.n or c.n,
-        alpha=a.alpha or c.alpha, sigma=a.sigma or c.sigma, seed=a.seed, out=a.out, radii=a.radii,
+        ArtifactStore(a.store),
+        preset,
+        data.test.subset(range(a.count)),
+        n0=a.n0 or c.n0,
+        n=a.n or c.n,
+        alpha=a.alpha or c.alpha,
+        sigma=a.sigma or c.sigma,
+        seed=a.seed,
+        out=a.out,
+        radii=a.radii,
     ), 0
 
 
@@ -220,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr = common(sub.add_parser("train", help="train a preset's pools into an artifact store"))
     tr.add_argument("--preset", default="mnist5k")
     tr.add_argument(
-        "--pool", default="all", choices=["all", "target", "verifiers", "denoisers", "reformers", "tempnets"]
+        "--pool", default="all", choices=["all", "target", "verifiers", "denoisers", "reformers", "tempnets", "rls"]
     )
     tr.add_argument("--store", required=True)
     tr.add_argument("--skip-existing", action="store_true", help="keep artifacts that exist and verify")

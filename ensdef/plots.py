@@ -12,8 +12,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def curve(path: str | Path, series: Mapping[str, tuple[Sequence[float], Sequence[float]]], xlabel: str,
-          ylabel: str, title: str) -> Path:
+def curve(
+    path: str | Path,
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+) -> Path:
     """One line per series ``name -> (xs, ys)``."""
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
     for name, (xs, ys) in series.items():

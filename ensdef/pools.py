@@ -14,14 +14,16 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from torch import nn
+
 from ensdef.config import to_plain
 from ensdef.data import Dataset, Split
-from ensdef.models import build, get_spec
+from ensdef.models import Kind, build, get_spec
 from ensdef.noise import NoiseKind, NoiseSpec
-from ensdef.presets import Preset, TrainConfig
-from ensdef.rng import seeded
+from ensdef.presets import GroupLossKind, Preset, TrainConfig
+from ensdef.rng import make_generator, seeded
 from ensdef.store import ArtifactStore, Manifest
-from ensdef.train import accuracy, reconstruction_mse, train_autoencoder, train_classifier
+from ensdef.train import TrainResult, accuracy, reconstruction_mse, train_autoencoder, train_classifier
 from ensdef.types import Role
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,7 @@ class Pool(str, Enum):
     DENOISERS = "denoisers"
     REFORMERS = "reformers"
     TEMPNETS = "tempnets"
+    RLS = "rls"
 
 
 @dataclass(frozen=True)
@@ -101,13 +104,38 @@ def _tempnets(p: Preset) -> list[MemberPlan]:
     return out
 
 
+def _rls(p: Preset) -> list[MemberPlan]:
+    r = p.rls
+    return [
+        MemberPlan(
+            f"rls-{b}",
+            Role.RLS,
+            f"rls_{b}",
+            r.train,
+            extra={"build_kwargs": {"m": r.m}, "k": r.k, "n": r.n, "loss": r.loss.value, "backbone": b},
+        )
+        for b in r.backbones
+    ]
+
+
 PLANNERS: dict[Pool, Callable[[Preset], list[MemberPlan]]] = {
     Pool.TARGET: _target,
     Pool.VERIFIERS: _verifiers,
     Pool.DENOISERS: _denoisers,
     Pool.REFORMERS: _reformers,
     Pool.TEMPNETS: _tempnets,
+    Pool.RLS: _rls,
 }
+
+
+def _det_post(preset: Preset, data: Dataset, store: ArtifactStore) -> dict[str, Any]:
+    from ensdef.det_train import run_det_selection
+
+    return run_det_selection(preset, data, store, [p.name for p in _reformers(preset)])
+
+
+POST_STEPS: dict[Pool, Callable[[Preset, Dataset, ArtifactStore], dict[str, Any]]] = {Pool.REFORMERS: _det_post}
+"""Work that needs a pool's trained members: DeT cross-training and reformer-list selection."""
 
 
 def plan_pool(preset: Preset, pool: Pool) -> list[MemberPlan]:
@@ -118,34 +146,101 @@ def _partition(split: Split, index: int, count: int) -> Split:
     return split.subset(list(range(index, len(split), count)))
 
 
-def train_member(plan: MemberPlan, data: Dataset, store: ArtifactStore) -> Manifest:
-    """Train one planned member on ``data`` and save it; returns the stored manifest with test metrics."""
-    shape = data.shape
-    with seeded(plan.train.seed):
-        model = build(plan.architecture, shape, data.num_classes)
-    train = _partition(data.train, *plan.partition) if plan.partition else data.train
-    if get_spec(plan.architecture).kind.value == "autoencoder":
-        assert plan.noise is not None, f"{plan.name}: autoencoders need a noise spec"
-        res = train_autoencoder(model, train, data.val, plan.train, plan.noise, desc=plan.name)
-        metrics = {
+def _fit_classifier(
+    plan: MemberPlan, model: nn.Module, train: Split, data: Dataset
+) -> tuple[nn.Module, dict, TrainResult]:
+    res = train_classifier(model, train, data.val, plan.train, desc=plan.name)
+    return res.model, {**res.metrics, "test_accuracy": accuracy(res.model, data.test)}, res
+
+
+def _fit_autoencoder(
+    plan: MemberPlan, model: nn.Module, train: Split, data: Dataset
+) -> tuple[nn.Module, dict, TrainResult]:
+    assert plan.noise is not None, f"{plan.name}: autoencoders need a noise spec"
+    res = train_autoencoder(model, train, data.val, plan.train, plan.noise, desc=plan.name)
+    return (
+        res.model,
+        {
             **res.metrics,
             "test_mse_clean": reconstruction_mse(res.model, data.test),
             "test_mse_noisy": reconstruction_mse(res.model, data.test, plan.noise, seed=1),
-        }
-    else:
-        res = train_classifier(model, train, data.val, plan.train, desc=plan.name)
-        metrics = {**res.metrics, "test_accuracy": accuracy(res.model, data.test)}
+        },
+        res,
+    )
+
+
+def _fit_rls(plan: MemberPlan, model: nn.Module, train: Split, data: Dataset) -> tuple[nn.Module, dict, TrainResult]:
+    from ensdef.defenses.rls import RLSEnsemble, train_rls
+
+    res = train_rls(
+        model,
+        train,
+        data.val,
+        plan.train,
+        plan.extra["k"],
+        GroupLossKind(plan.extra["loss"]),
+        plan.extra["n"],
+        desc=plan.name,
+    )
+    ens = RLSEnsemble(res.model, plan.extra["n"])
+    d = ens.decide(data.test.x, make_generator(0))
+    acc = sum(x.label == int(t) for x, t in zip(d, data.test.y, strict=True)) / len(data.test)
+    return res.model, {**res.metrics, "test_accuracy": acc, "test_interrater_agreement": ens.diversity(data.test)}, res
+
+
+def _fitter(plan: MemberPlan) -> Callable[[MemberPlan, nn.Module, Split, Dataset], tuple[nn.Module, dict, TrainResult]]:
+    if plan.role is Role.RLS:
+        return _fit_rls
+    return _fit_autoencoder if get_spec(plan.architecture).kind is Kind.AUTOENCODER else _fit_classifier
+
+
+def train_member(plan: MemberPlan, data: Dataset, store: ArtifactStore) -> Manifest:
+    """Train one planned member on ``data`` and save it; returns the stored manifest with test metrics."""
+    with seeded(plan.train.seed):
+        model = build(plan.architecture, data.shape, data.num_classes, **plan.extra.get("build_kwargs", {}))
+    train = _partition(data.train, *plan.partition) if plan.partition else data.train
+    model, metrics, res = _fitter(plan)(plan, model, train, data)
     metrics.update(epochs=res.epochs_run, seconds=round(res.seconds, 2), train_size=len(train))
-    manifest = Manifest(
+    return store.save_model(model, member_manifest(plan, data, metrics))
+
+
+def member_manifest(plan: MemberPlan, data: Dataset, metrics: dict[str, Any]) -> Manifest:
+    return Manifest(
         name=plan.name,
         role=plan.role,
         architecture=plan.architecture,
         dataset=data.name,
-        input_shape=tuple(shape),
+        input_shape=tuple(data.shape),
         num_classes=data.num_classes,
         sha256="",
         train_config=to_plain(plan.train),
         metrics=metrics,
         extra=dict(plan.extra),
     )
-    return store.save_model(res.model, manifest)
+
+
+def train_pools(
+    preset: Preset, data: Dataset, store: ArtifactStore, pools: list[Pool], skip_existing: bool = False
+) -> dict[str, Any]:
+    """Train every member of ``pools`` (keeping verified existing ones when ``skip_existing``), then run the
+    pools' post steps. Returns what was stored, with metrics."""
+    out, post = [], {}
+    for pool in pools:
+        for plan in plan_pool(preset, pool):
+            if skip_existing and store.exists(plan.name) and store.verify(plan.name).ok:
+                m = store.manifest(plan.name)
+                log.info("%s exists, skipped", plan.name)
+            else:
+                m = train_member(plan, data, store)
+            out.append(
+                {
+                    "name": m.name,
+                    "pool": pool.value,
+                    "role": m.role.value,
+                    "architecture": m.architecture,
+                    "metrics": m.metrics,
+                }
+            )
+        if pool in POST_STEPS:
+            post[pool.value] = POST_STEPS[pool](preset, data, store)
+    return {"store": store.root, "preset": preset.name, "artifacts": out, "post": post}

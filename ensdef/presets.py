@@ -90,6 +90,41 @@ class TempnetPool:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+class GroupLossKind(str, Enum):
+    CE_MEAN = "ce_mean"
+    MSE = "mse"
+
+
+@dataclass(frozen=True)
+class RLSPool:
+    """Seed 001: M sub-models per backbone, K sampled networks per training step, N at inference."""
+
+    backbones: tuple[str, ...] = ("vgg",)
+    m: int = 2
+    k: int = 3
+    n: int = 10
+    loss: GroupLossKind = GroupLossKind.CE_MEAN
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(lr=0.01, optimizer=Optim.SGD, momentum=0.9, weight_decay=5e-4)
+    )
+
+
+@dataclass(frozen=True)
+class DeTConfig:
+    """Seed 002: noise, preliminary reformer, hypercube samples, cross-training and list selection."""
+
+    sigma: float = 0.1  # Gaussian noise before the preliminary reformer
+    eps: float = 0.1  # hypercube sampling scale around the preliminary reconstruction
+    samples: int = 10  # n hypercube samples per input
+    list_size: int = 3
+    preliminary: str = "reformer-reformer_conv"
+    cross_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, batch_size=256))
+    max_accuracy_drop: float = 0.02  # list members keep classifier o R within this of the classifier alone
+    attack_images: int = 50  # C&W L2 examples per reformer for the transferability matrix
+    cw_confidence: float = 0.0
+    cw_max_iter: int = 50
+
+
 @dataclass(frozen=True)
 class ModefConfig:
     """MODEF team selection and voting (seed 000)."""
@@ -128,6 +163,8 @@ class Preset:
     tempnets: TempnetPool
     modef: ModefConfig = field(default_factory=ModefConfig)
     noisy_vote: NoisyVoteConfig = field(default_factory=NoisyVoteConfig)
+    rls: RLSPool = field(default_factory=RLSPool)
+    det: DeTConfig = field(default_factory=DeTConfig)
     data_root: str | None = None
 
 

@@ -58,3 +58,9 @@ def seeded(seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(int(seed))
         yield
+
+
+def spawn_seeds(g: torch.Generator, k: int) -> list[int]:
+    """``k`` child seeds drawn from ``g``: one per member, so that a member can draw its own noise locally
+    (in process or in a remote replica) and the results are identical either way."""
+    return torch.randint(0, 2**62, (k,), generator=g, device=g.device).tolist()

@@ -181,7 +181,7 @@ class ArtifactStore:
         if m.format is WeightFormat.TORCHSCRIPT:
             model: nn.Module = torch.jit.load(io.BytesIO(data), map_location=device)
         else:
-            model = build(m.architecture, tuple(m.input_shape), m.num_classes)  # type: ignore[arg-type]
+            model = build(m.architecture, tuple(m.input_shape), m.num_classes, **m.extra.get("build_kwargs", {}))
             model.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
             model.to(device)
         for p in model.parameters():

@@ -23,15 +23,13 @@ def mnist5k() -> Dataset:
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory: pytest.TempPathFactory, mnist5k: Dataset):
     """A store with every pool of ``fixtures/tiny.yaml`` trained for one epoch and a team selection."""
-    from ensdef.pools import Pool, plan_pool, train_member
+    from ensdef.pools import Pool, train_pools
     from ensdef.presets import load_preset
     from ensdef.selection import run_selection
     from ensdef.store import ArtifactStore
 
     preset = load_preset(FIXTURES / "tiny.yaml")
     store = ArtifactStore(tmp_path_factory.mktemp("tiny-store"))
-    for pool in Pool:
-        for plan in plan_pool(preset, pool):
-            train_member(plan, mnist5k, store)
+    train_pools(preset, mnist5k, store, list(Pool))
     run_selection(store, preset, mnist5k.val)
     return store, preset

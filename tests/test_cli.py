@@ -54,10 +54,12 @@ def test_tiny_store_has_every_pool(tiny_store) -> None:
         "target": 1,
         "verifier": 3,
         "denoiser": 3,
-        "reformer": 3,
+        "reformer": 9,
         "tempnet": 3,
-        "rls": 0,
+        "rls": 1,
     }
+    assert sum("~" in n for n in by_role[Role.REFORMER]) == 6  # every pair cross-trained both ways
+    assert len(store.load_json("det-reformer-list")["list"]) == 2
     temps = [store.manifest(n) for n in by_role[Role.TEMPNET]]
     assert [t.extra["temperature"] for t in temps] == [10.0, 20.0, 30.0]
     assert [t.metrics["train_size"] for t in temps] == [1167, 1167, 1166]  # disjoint partitions

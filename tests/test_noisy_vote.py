@@ -59,7 +59,7 @@ def test_same_seed_same_decision_different_seed_different_noise() -> None:
     a = ens.member_labels(x, make_generator(3))
     assert any(not torch.equal(a, ens.member_labels(x, make_generator(s))) for s in range(4, 8))
     x.requires_grad_(True)
-    grad, = torch.autograd.grad(ens.surrogate(x, make_generator(0))[:, 1].sum(), x)
+    (grad,) = torch.autograd.grad(ens.surrogate(x, make_generator(0))[:, 1].sum(), x)
     assert grad.abs().sum() > 0
 
 
@@ -81,8 +81,9 @@ def test_certificate_of_a_linear_classifier_respects_the_closed_form(offset: flo
     x = torch.rand(1, 4, 4, generator=g)
     b = offset * float(w.norm()) - float(x.flatten() @ w)  # signed distance of x to the plane = offset
     sigma, n, alpha = 0.5, 2000, 0.001
-    cert = certify(Linear2(w, b), x, sigma, n0=100, n=n, alpha=alpha, num_classes=2, g=make_generator(5),
-                   batch_size=256)
+    cert = certify(
+        Linear2(w, b), x, sigma, n0=100, n=n, alpha=alpha, num_classes=2, g=make_generator(5), batch_size=256
+    )
     p_true = norm.cdf(abs(offset) / sigma)  # P(f(x + eps) = class of x), closed form
     exact_radius = abs(offset)  # sigma * Phi^-1(p_true)
     assert cert.radius <= exact_radius + 1e-12, "a certificate never exceeds the true smoothed radius"

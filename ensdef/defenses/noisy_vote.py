@@ -16,13 +16,18 @@ from scipy.stats import binomtest
 from torch import nn
 
 from ensdef.defenses.base import Defense, mean_log_probs
-from ensdef.rng import randn_like
+from ensdef.rng import make_generator, randn_like, spawn_seeds
 from ensdef.types import ABSTAIN, Decision
 
 
 def noisy_logits(member: nn.Module, x: torch.Tensor, sigma: float, g: torch.Generator) -> torch.Tensor:
     """Logits ``[B, K]`` of ``member`` on ``x + sigma * N(0, 1)`` with fresh noise from ``g``."""
     return member(x + sigma * randn_like(x, g)) if sigma > 0 else member(x)
+
+
+def member_noisy_labels(member: nn.Module, x: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
+    """What a member returns to the aggregator: labels ``[B]`` of its noisy logits, noise seeded by ``seed``."""
+    return noisy_logits(member, x, sigma, make_generator(seed, x.device)).argmax(1)
 
 
 def vote_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -64,8 +69,10 @@ class NoisyVoteEnsemble(Defense):
 
     @torch.no_grad()
     def member_labels(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """``[M, B]``: each member's label for its own noisy copy of ``x``."""
-        return torch.stack([noisy_logits(m, x, self.sigma, g).argmax(1) for m in self.members])
+        """``[M, B]``: each member's label for its own noisy copy of ``x`` (member i draws from the i-th
+        seed spawned from ``g``, exactly as a remote member replica does)."""
+        seeds = spawn_seeds(g, len(self.members))
+        return torch.stack([member_noisy_labels(m, x, self.sigma, s) for m, s in zip(self.members, seeds, strict=True)])
 
     @torch.no_grad()
     def base_vote(self, x: torch.Tensor) -> torch.Tensor:

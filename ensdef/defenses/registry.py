@@ -10,7 +10,9 @@ from torch import nn
 from ensdef.defenses.base import Defense
 from ensdef.defenses.crosslayer import CrossLayerEnsemble, CrossLayerMode
 from ensdef.defenses.denoising import DenoisingEnsemble
+from ensdef.defenses.det import DeTDefense
 from ensdef.defenses.noisy_vote import NoisyVoteEnsemble
+from ensdef.defenses.rls import RLSEnsemble
 from ensdef.defenses.verification import VerificationEnsemble
 from ensdef.presets import Preset
 from ensdef.store import ArtifactStore
@@ -90,6 +92,33 @@ def _noisy_vote(store: ArtifactStore, preset: Preset, device: torch.device) -> D
     c = preset.noisy_vote
     members = load_role(store, Role.TEMPNET, device)[1]
     return NoisyVoteEnsemble(members, c.sigma, c.alpha_rv if c.rank_verification else None)
+
+
+@register_defense("rls")
+def _rls(store: ArtifactStore, preset: Preset, device: torch.device) -> Defense:
+    names = [m.name for m in store.by_role(Role.RLS)]
+    if not names:
+        raise FileNotFoundError(f"no rls artifacts in store {store.root}; train them with `ensdef train --pool rls`")
+    return RLSEnsemble(store.load_model(names[0], device)[0], preset.rls.n)  # type: ignore[arg-type]
+
+
+DET_LIST_ARTIFACT = "det-reformer-list"
+
+
+@register_defense("det")
+def _det(store: ArtifactStore, preset: Preset, device: torch.device) -> Defense:
+    if not store.has_json(DET_LIST_ARTIFACT):
+        raise FileNotFoundError(f"no DeT reformer list in store {store.root}; run `ensdef train --pool reformers`")
+    chosen = store.load_json(DET_LIST_ARTIFACT)
+    c = preset.det
+    return DeTDefense(
+        load_target(store, device),
+        store.load_model(chosen["preliminary"], device)[0],
+        [store.load_model(n, device)[0] for n in chosen["list"]],
+        c.sigma,
+        c.eps,
+        c.samples,
+    )
 
 
 def build_defense(name: str, store: ArtifactStore, preset: Preset, device: torch.device | str = "cpu") -> Defense:

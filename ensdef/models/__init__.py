@@ -1,6 +1,6 @@
 """The model zoo. Importing this package registers every architecture in :data:`MODELS`."""
 
-from ensdef.models import autoencoders, classifiers, kernel, resnets, tempnet  # noqa: F401  (registration)
+from ensdef.models import autoencoders, classifiers, kernel, resnets, rls, tempnet  # noqa: F401  (registration)
 from ensdef.models.layers import Normalize, UnitNet
 from ensdef.models.registry import CIFAR_SHAPE, MNIST_SHAPE, MODELS, Kind, ModelSpec, build, get_spec
 

@@ -21,7 +21,7 @@ class Kind(str, Enum):
     AUTOENCODER = "autoencoder"  # x [B, C, H, W] in [0, 1] -> image [B, C, H, W] in [0, 1]
 
 
-Builder = Callable[[Shape, int], nn.Module]
+Builder = Callable[..., nn.Module]  # (input_shape, num_classes, **build_kwargs) -> module
 
 
 @dataclass(frozen=True)
@@ -58,10 +58,11 @@ def get_spec(name: str) -> ModelSpec:
         raise KeyError(f"unknown architecture {name!r}; registered: {', '.join(sorted(MODELS))}") from None
 
 
-def build(name: str, input_shape: Shape, num_classes: int = 10) -> nn.Module:
-    """Build a fresh, randomly initialised model. Raises ``ValueError`` for an unsupported input shape."""
+def build(name: str, input_shape: Shape, num_classes: int = 10, **kwargs: object) -> nn.Module:
+    """Build a fresh, randomly initialised model (``kwargs``: builder options such as RLS's ``m``).
+    Raises ``ValueError`` for an unsupported input shape."""
     spec = get_spec(name)
     shape = tuple(int(v) for v in input_shape)
     if shape not in spec.input_shapes:
         raise ValueError(f"architecture {name!r} supports input shapes {spec.input_shapes}, not {shape}")
-    return spec.builder(shape, num_classes)  # type: ignore[arg-type]
+    return spec.builder(shape, num_classes, **kwargs)

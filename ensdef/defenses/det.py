@@ -1,0 +1,62 @@
+"""DeT (seed 002): Gaussian noise, a preliminary reformer, random samples in the hypercube around its output,
+a list of reformers reconstructing every sample, and a two-level majority vote.
+
+``x' = clip(x + sigma N)``, ``x'' = R_0(x')``, samples ``x''_i = clip(x'' + eps N)`` for ``i < n``; every
+reformer ``R_j`` of the list reconstructs every sample, the classifier labels them; a plurality per reformer,
+then a plurality over reformers, ties broken by the generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ensdef.defenses.base import Defense, log_probs, plurality
+from ensdef.rng import randn_like
+from ensdef.types import Decision
+
+
+def two_level_vote(labels: torch.Tensor, num_classes: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``labels`` ``[R, n, B]`` -> ``(final [B], per_reformer [R, B])``; pure, ties broken with ``g``."""
+    per = torch.stack([plurality(labels[r], num_classes, g)[0] for r in range(labels.shape[0])])
+    return plurality(per, num_classes, g)[0], per
+
+
+class DeTDefense(Defense):
+    name = "det"
+
+    def __init__(
+        self,
+        classifier: nn.Module,
+        preliminary: nn.Module,
+        reformers: Sequence[nn.Module],
+        sigma: float = 0.1,
+        eps: float = 0.1,
+        samples: int = 10,
+        num_classes: int = 10,
+    ) -> None:
+        self.classifier, self.preliminary, self.reformers = classifier, preliminary, list(reformers)
+        self.sigma, self.eps, self.samples, self.num_classes = sigma, eps, samples, num_classes
+
+    def hypercube(self, x: torch.Tensor, g: torch.Generator, samples: int) -> torch.Tensor:
+        """``[n, B, C, H, W]``: noise, preliminary reformer, then ``n`` samples around its output."""
+        x2 = self.preliminary((x + self.sigma * randn_like(x, g)).clamp(0, 1))
+        rep = x2.unsqueeze(0).expand(samples, *x2.shape)
+        return (rep + self.eps * randn_like(rep, g)).clamp(0, 1)
+
+    @torch.no_grad()
+    def decide(self, x: torch.Tensor, g: torch.Generator) -> list[Decision]:
+        cube = self.hypercube(x, g, self.samples).flatten(0, 1)  # [n * B, C, H, W]
+        labels = torch.stack([self.classifier(r(cube)).argmax(1).view(self.samples, len(x)) for r in self.reformers])
+        final, per = two_level_vote(labels, self.num_classes, g)
+        return [Decision(int(final[i]), False, {"per_reformer": per[:, i].tolist()}) for i in range(len(x))]
+
+    def surrogate(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        """Mean over reformers (and, with ``g``, over hypercube samples) of the classifier's log-probabilities.
+        ``clamp`` passes gradients inside [0, 1]; with ``g=None`` no noise is drawn."""
+        cube = self.preliminary(x).unsqueeze(0) if g is None else self.hypercube(x, g, self.samples)
+        flat = cube.flatten(0, 1)
+        out = torch.stack([log_probs(self.classifier, r(flat)) for r in self.reformers]).mean(0)
+        return out.view(cube.shape[0], len(x), -1).mean(0)
