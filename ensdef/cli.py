@@ -163,6 +163,18 @@ def _certify(a: argparse.Namespace) -> tuple[Any, int]:
     ), 0
 
 
+@command("rls-compare")
+def _rls_compare(a: argparse.Namespace) -> tuple[Any, int]:
+    from ensdef.data import load_dataset
+    from ensdef.presets import load_preset
+    from ensdef.rls_compare import compare
+    from ensdef.store import ArtifactStore
+
+    preset = load_preset(a.preset)
+    data = load_dataset(preset.dataset, a.data_root or preset.data_root)
+    return compare(ArtifactStore(a.store), preset, data, a.name, a.seed), 0
+
+
 # --- evaluation -----------------------------------------------------------------------------------------
 @command("evaluate")
 def _evaluate(a: argparse.Namespace) -> tuple[Any, int]:
@@ -253,6 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
     ce.add_argument("--out", default=None, help="folder for certify.json and certified_accuracy.png")
     ce.add_argument("--seed", type=int, default=0)
     data_args(ce)
+
+    rc = common(sub.add_parser("rls-compare", help="RLS against a single sub-model and dropout (seed 001)"))
+    rc.add_argument("--preset", default="mnist5k")
+    rc.add_argument("--store", required=True)
+    rc.add_argument("--name", default="rls-vgg")
+    rc.add_argument("--seed", type=int, default=0)
+    data_args(rc)
 
     ev = common(sub.add_parser("evaluate", help="benign and attacked scores of defenses side by side"))
     ev.add_argument("--preset", default="mnist5k")

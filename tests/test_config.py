@@ -24,7 +24,8 @@ def test_mnist5k_preset_has_the_pools_the_issue_asks_for() -> None:
     assert len(set(p.verifiers.architectures)) >= 8
     assert len({m.noise for m in p.denoisers.members}) >= 3
     assert len(set(p.reformers.architectures)) == 3
-    assert p.tempnets.count == 10 and p.tempnets.train.optimizer is Optim.SGD
+    assert p.tempnets.count == 10 and p.tempnets.train.noise_sigma == p.noisy_vote.sigma == 0.5
+    assert p.rls.train.optimizer is Optim.SGD and (p.rls.m, p.rls.k, p.rls.n) == (2, 3, 10)
 
 
 def test_unknown_key_is_rejected_with_its_name(tmp_path: Path) -> None:

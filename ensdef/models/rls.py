@@ -70,7 +70,10 @@ def build_rls(backbone: str, shape: Shape, num_classes: int, m: int = 2, seed: i
     return RLSNet(subs)
 
 
-for _backbone in ("vgg", "resnet8"):
+BACKBONES = ("vgg", "resnet8", "resnet20")
+"""Zoo architectures whose units compose across copies; each gets an ``rls_<backbone>`` container."""
+
+for _backbone in BACKBONES:
     register(
         f"rls_{_backbone}",
         Kind.CLASSIFIER,
