@@ -163,6 +163,18 @@ def _certify(a: argparse.Namespace) -> tuple[Any, int]:
     ), 0
 
 
+@command("noisy-report")
+def _noisy_report(a: argparse.Namespace) -> tuple[Any, int]:
+    from ensdef.data import load_dataset
+    from ensdef.noisy_report import summary
+    from ensdef.presets import load_preset
+    from ensdef.store import ArtifactStore
+
+    preset = load_preset(a.preset)
+    data = load_dataset(preset.dataset, a.data_root or preset.data_root)
+    return summary(ArtifactStore(a.store), preset, data.test, a.seed), 0
+
+
 @command("rls-compare")
 def _rls_compare(a: argparse.Namespace) -> tuple[Any, int]:
     from ensdef.data import load_dataset
@@ -194,6 +206,9 @@ def _evaluate(a: argparse.Namespace) -> tuple[Any, int]:
         per_class=a.per_class,
         seed=a.seed,
         benign_n=a.benign_n,
+        threats=tuple(a.threats.split(",")),
+        eot=a.eot,
+        adaptive_overrides={"max_iter": a.adaptive_steps, "eps": a.eps, "eps_step": 2.5 * a.eps / a.adaptive_steps},
     )
     return table.to_json(), 0
 
@@ -266,6 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
     ce.add_argument("--seed", type=int, default=0)
     data_args(ce)
 
+    nr = common(sub.add_parser("noisy-report", help="noisy-vote accuracy figures (seed 003)"))
+    nr.add_argument("--preset", default="mnist5k")
+    nr.add_argument("--store", required=True)
+    nr.add_argument("--seed", type=int, default=0)
+    data_args(nr)
+
     rc = common(sub.add_parser("rls-compare", help="RLS against a single sub-model and dropout (seed 001)"))
     rc.add_argument("--preset", default="mnist5k")
     rc.add_argument("--store", required=True)
@@ -281,6 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--per-class", type=int, default=10, help="attacked images per class (MODEF: 10)")
     ev.add_argument("--benign-n", type=int, default=None, help="benign test images (default: all)")
     ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--threats", default="static", help="comma list of static, adaptive")
+    ev.add_argument("--eot", type=int, default=20, help="EOT samples per gradient step (adaptive)")
+    ev.add_argument("--adaptive-steps", type=int, default=20, help="PGD steps of the adaptive attack")
+    ev.add_argument("--eps", type=float, default=0.3, help="L-inf budget of the adaptive attack")
     data_args(ev)
     return p
 

@@ -15,8 +15,10 @@ import numpy as np
 import torch
 
 from ensdef.attacks.art_classifier import art_classifier
+from ensdef.attacks.eot import EOTSurrogate
 from ensdef.attacks.static import run_attack
 from ensdef.data import Dataset, Split
+from ensdef.defenses.base import Defense
 from ensdef.defenses.registry import build_defense, load_target
 from ensdef.evaluation import attack_set, score
 from ensdef.presets import Preset
@@ -45,6 +47,20 @@ def distortion(x: np.ndarray, adv: np.ndarray) -> dict[str, float]:
     }
 
 
+def adaptive_examples(
+    defense: Defense,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attack: str,
+    eot: int,
+    seed: int,
+    overrides: dict[str, Any] | None = None,
+) -> np.ndarray:
+    """White-box examples made through the defense's own surrogate, averaged over ``eot`` random draws."""
+    model = EOTSurrogate(defense, eot, seed)
+    return run_attack(attack, art_classifier(model, tuple(x.shape[1:]), 10), x.numpy(), y.numpy(), overrides)
+
+
 def static_table(
     store: ArtifactStore,
     preset: Preset,
@@ -54,8 +70,13 @@ def static_table(
     per_class: int = 10,
     seed: int = 0,
     benign_n: int | None = None,
+    threats: tuple[str, ...] = ("static",),
+    adaptive_attack: str = "pgd",
+    adaptive_overrides: dict[str, Any] | None = None,
+    eot: int = 20,
 ) -> Table:
-    """Score ``defenses`` on benign test images and on ``attacks`` transferred from the target."""
+    """Score ``defenses`` on benign test images, on ``attacks`` transferred from the target (``static``) and,
+    with ``adaptive`` in ``threats``, on ``adaptive_attack`` run through each defense's EOT surrogate."""
     target = load_target(store, torch.device("cpu"))
     ref: Split = attack_set(target, data.test, per_class, data.num_classes)
     clf = art_classifier(target, data.shape, data.num_classes)
@@ -77,7 +98,19 @@ def static_table(
     for d in defenses:
         defense = build_defense(d, store, preset)
         row = {"benign": score(defense, bx, by, seed).as_dict()}
-        for name, x_adv in adv.items():
-            row[name] = score(defense, x_adv, ref.y, seed).as_dict()
+        if "static" in threats:
+            for name, x_adv in adv.items():
+                row[name] = score(defense, x_adv, ref.y, seed).as_dict()
+        if "adaptive" in threats:
+            t0 = time.perf_counter()
+            x_ad = adaptive_examples(defense, ref.x, ref.y, adaptive_attack, eot, seed, adaptive_overrides)
+            key = f"adaptive-{adaptive_attack}"
+            row[key] = {
+                **score(defense, torch.from_numpy(x_ad), ref.y, seed + 1).as_dict(),
+                **distortion(ref.x.numpy(), x_ad),
+                "seconds": round(time.perf_counter() - t0, 1),
+                "eot": eot,
+                **(adaptive_overrides or {}),
+            }
         table.rows[d] = row
     return table

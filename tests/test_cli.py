@@ -111,6 +111,12 @@ def test_select_decide_and_evaluate_commands(tiny_store, tmp_path: Path, capsys)
             "denoising,modef-mtm",
             "--attacks",
             "fgsm",
+            "--threats",
+            "static,adaptive",
+            "--eot",
+            "2",
+            "--adaptive-steps",
+            "2",
             "--per-class",
             "1",
             "--benign-n",
@@ -120,6 +126,7 @@ def test_select_decide_and_evaluate_commands(tiny_store, tmp_path: Path, capsys)
     )
     assert set(ev["rows"]) == {"denoising", "modef-mtm"} and ev["attacks"]["fgsm"]["n"] <= 10
     assert ev["attacks"]["fgsm"]["linf"] <= 0.3 + 1e-6
+    assert all("adaptive-pgd" in row and row["adaptive-pgd"]["linf"] <= 0.3 + 1e-6 for row in ev["rows"].values())
     for row in ev["rows"].values():
         for r in row.values():
             assert abs(r["psr"] + r["tsr"] + r["fp"] + r["wrong_unflagged"] - 1) < 1e-9
@@ -130,3 +137,42 @@ def test_console_script_runs() -> None:
         [sys.executable, "-m", "ensdef.cli", "models", "list", "--json"], capture_output=True, text=True, check=True
     )
     assert any(m["name"] == "cw7" for m in json.loads(res.stdout))
+
+
+def test_noisy_report_certify_and_rls_compare(tiny_store, tmp_path: Path, capsys) -> None:
+    store, _ = tiny_store
+    tiny = str(FIXTURES / "tiny.yaml")
+    rep = _json(capsys, ["noisy-report", "--preset", tiny, "--store", store.root, "--json"])
+    assert rep["members"] == 3 and rep["n"] == 1000
+    assert rep["best_member_clean_accuracy"] == max(rep["member_clean_accuracy"].values())
+    assert 0 <= rep["rank_verified_abstain_rate"] <= 1
+    cert = _json(
+        capsys,
+        [
+            "certify",
+            "--preset",
+            tiny,
+            "--store",
+            store.root,
+            "--count",
+            "4",
+            "--n",
+            "60",
+            "--n0",
+            "10",
+            "--out",
+            str(tmp_path / "cert"),
+            "--json",
+        ],
+    )
+    assert set(cert["certified_accuracy"]) == {"0", "0.25", "0.5", "1"} and len(cert["certificates"]) == 4
+    acc = list(cert["certified_accuracy"].values())
+    assert acc == sorted(acc, reverse=True), "certified accuracy never rises with the radius"
+    assert (tmp_path / "cert" / "certified_accuracy.png").stat().st_size > 1000
+    cmp = _json(capsys, ["rls-compare", "--preset", tiny, "--store", store.root, "--name", "rls-vgg", "--json"])
+    assert {
+        "rls_test_accuracy",
+        "single_test_accuracy",
+        "rls_interrater_agreement",
+        "dropout_interrater_agreement",
+    } <= set(cmp)
