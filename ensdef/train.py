@@ -93,18 +93,10 @@ def fit(
     """Generic loop: minimise ``batch_loss`` over ``train``; keep the state with the best ``val_score``."""
     device = resolve_device(cfg.device)
     with seeded(cfg.seed, device):  # dropout masks; the caller's RNG state is restored afterwards
-        return _fit(model, train, cfg, batch_loss, val_score, desc, device)
+        return _loop(model, train, cfg, batch_loss, val_score, desc, device)
 
 
-def _fit(
-    model: nn.Module,
-    train: Split,
-    cfg: TrainConfig,
-    batch_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor],
-    val_score: Callable[[nn.Module], float],
-    desc: str,
-    device: torch.device,
-) -> TrainResult:
+def _loop(model, train, cfg, batch_loss, val_score, desc, device):  # type: ignore[no-untyped-def]
     g = make_generator(cfg.seed)
     model.to(device).train()
     opt = _optimizer(model, cfg)

@@ -53,18 +53,24 @@ D = [Shift(-0.35), Shift(0.0), Shift(0.35)]
 X = torch.stack([torch.full((1, 4, 4), v) for v in (0.5, 0.95, 0.05)])
 
 
-def one_team(policy: TeamPolicy = TeamPolicy.BEST_KAPPA) -> TeamSelection:
+def teams_of(teams: tuple[tuple[int, ...], ...], policy: TeamPolicy) -> TeamSelection:
+    """A selection over three verifiers whose ranked list is ``teams`` (the first is Best-kappa's)."""
+    eye = ((1, 0, 0), (0, 1, 0), (0, 0, 1))
     return TeamSelection(
         ("v1", "v2", "v3"),
-        ((0, 1, 2),),
-        (0.1,),
-        ((0, 1, 2),),
-        (0, 1, 2),
+        teams,
+        tuple(0.1 * (i + 1) for i in range(len(teams))),
+        teams,
+        teams[0],
         1.0,
         policy,
         0.5,
-        ((1, 0, 0), (0, 1, 0), (0, 0, 1)),
+        eye,
     )
+
+
+def one_team(policy: TeamPolicy = TeamPolicy.BEST_KAPPA) -> TeamSelection:
+    return teams_of(((0, 1, 2),), policy)
 
 
 def summary(decisions) -> list[tuple[int, bool]]:
@@ -108,17 +114,7 @@ def test_pure_votes() -> None:
 
 
 def test_same_seed_same_decision_and_seeds_draw_different_teams() -> None:
-    teams = TeamSelection(
-        ("v1", "v2", "v3"),
-        ((0, 1), (1, 2), (0, 2)),
-        (0.1, 0.2, 0.3),
-        ((0, 1), (1, 2), (0, 2)),
-        (0, 1),
-        1.0,
-        TeamPolicy.RAND_KAPPA,
-        0.5,
-        ((1, 0, 0), (0, 1, 0), (0, 0, 1)),
-    )
+    teams = teams_of(((0, 1), (1, 2), (0, 2)), TeamPolicy.RAND_KAPPA)
     d = CrossLayerEnsemble(D, TARGET, V, teams, CrossLayerMode.ONE_TO_MANY, num_classes=3)
     first = d.decide(X, make_generator(7))
     assert first == d.decide(X, make_generator(7))
@@ -136,17 +132,7 @@ def test_surrogates_give_input_gradients(mode: CrossLayerMode) -> None:
         dens = [build("dae_cifar", (1, 28, 28)).eval() for _ in range(3)]
         ver = [build(a, (1, 28, 28)).eval() for a in ("lenet", "mlp", "cnn6")]
         target = build("cnn6", (1, 28, 28)).eval()
-    team = TeamSelection(
-        ("a", "b", "c"),
-        ((0, 1, 2),),
-        (0.1,),
-        ((0, 1, 2),),
-        (0, 1, 2),
-        1.0,
-        TeamPolicy.RAND_KAPPA,
-        0.5,
-        ((1, 0, 0), (0, 1, 0), (0, 0, 1)),
-    )
+    team = one_team(TeamPolicy.RAND_KAPPA)
     x = torch.rand(2, 1, 28, 28, generator=make_generator(0), requires_grad=True)
     for defense in (
         CrossLayerEnsemble(dens, target, ver, team, mode),
