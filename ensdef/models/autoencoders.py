@@ -48,20 +48,22 @@ def reformer_pool(shape: Shape, num_classes: int = 0) -> nn.Sequential:
 
 
 class SkipAutoencoder(nn.Module):
-    """Strided-conv encoder, transposed-conv decoder and one skip connection (ReLU inside)."""
+    """Strided-conv encoder, transposed-conv decoder, one skip connection and a global residual in logit
+    space (leaky ReLU inside)."""
 
     def __init__(self, c: int) -> None:
         super().__init__()
-        self.enc1 = nn.Sequential(nn.Conv2d(c, 32, 3, 2, 1), nn.ReLU(inplace=True))
-        self.enc2 = nn.Sequential(nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(inplace=True))
-        self.dec2 = nn.Sequential(nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(inplace=True))
-        self.dec1 = nn.Sequential(nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(inplace=True))
-        self.out = nn.Sequential(nn.Conv2d(32, c, 3, padding=1), nn.Sigmoid())
+        self.enc1 = nn.Sequential(nn.Conv2d(c, 32, 3, 2, 1), nn.LeakyReLU(0.1, inplace=True))
+        self.enc2 = nn.Sequential(nn.Conv2d(32, 64, 3, 2, 1), nn.LeakyReLU(0.1, inplace=True))
+        self.dec2 = nn.Sequential(nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.LeakyReLU(0.1, inplace=True))
+        self.dec1 = nn.Sequential(nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.LeakyReLU(0.1, inplace=True))
+        self.out = nn.Conv2d(32, c, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         e1 = self.enc1(x)
         d2 = self.dec2(self.enc2(e1))
-        return self.out(self.dec1(torch.cat([d2, e1], dim=1)))
+        # global residual in logit space: starts near the identity, so the sigmoid cannot collapse to zero
+        return torch.sigmoid(self.out(self.dec1(torch.cat([d2, e1], dim=1))) + torch.logit(x.clamp(1e-3, 1 - 1e-3)))
 
 
 @register("reformer_skip", Kind.AUTOENCODER, DENOISER, "strided encoder / transposed decoder with a skip")
