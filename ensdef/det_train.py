@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from art.attacks.evasion import CarliniL2Method
+from art.attacks.evasion import CarliniL2Method, ProjectedGradientDescent
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -71,6 +71,26 @@ def cw_examples(
     return attack.generate(x.x.numpy()).astype(np.float32)
 
 
+def pgd_l2_examples(
+    classifier: nn.Module, reformer: nn.Module, x: Split, eps: float, max_iter: int, num_classes: int = 10
+) -> np.ndarray:
+    """L2 PGD examples against ``classifier o reformer`` (untargeted, step 2.5 eps / iterations)."""
+    chain = nn.Sequential(reformer, classifier).eval()
+    attack = ProjectedGradientDescent(
+        art_classifier(chain, tuple(x.x.shape[1:]), num_classes),
+        norm=2,
+        eps=eps,
+        eps_step=2.5 * eps / max_iter,
+        max_iter=max_iter,
+        batch_size=len(x),
+        verbose=False,
+    )
+    return attack.generate(x.x.numpy()).astype(np.float32)
+
+
+TRANSFER_ATTACKS = {"cw_l2": cw_examples, "pgd_l2": pgd_l2_examples}
+
+
 def fooled(classifier: nn.Module, reformer: nn.Module, x_adv: np.ndarray, y: torch.Tensor) -> float:
     """Fraction of ``x_adv`` that ``classifier o reformer`` misclassifies."""
     with torch.no_grad():
@@ -107,7 +127,9 @@ def reconstructed_accuracy(classifier: nn.Module, reformer: nn.Module, split: Sp
     return accuracy(nn.Sequential(reformer, classifier), split)
 
 
-def run_det_selection(preset: Preset, data: Dataset, store: ArtifactStore, base_names: list[str]) -> dict[str, Any]:
+def run_det_selection(
+    preset: Preset, data: Dataset, store: ArtifactStore, base_names: list[str], skip_existing: bool = False
+) -> dict[str, Any]:
     """Cross-train every pair of the stored base reformers, then choose the reformer list. Saves the
     retrained reformers and the ``det-reformer-list`` JSON artifact (with the transferability matrix)."""
     cfg = preset.det
@@ -116,6 +138,12 @@ def run_det_selection(preset: Preset, data: Dataset, store: ArtifactStore, base_
     names, models = list(base_names), list(base)
     pairs = []
     for i, j in itertools.combinations(range(len(base)), 2):
+        pair_names = [f"{base_names[a]}~{base_names[b].removeprefix('reformer-')}" for a, b in ((i, j), (j, i))]
+        if skip_existing and all(store.exists(n) and store.verify(n).ok for n in pair_names):
+            names += pair_names
+            models += [store.load_model(n)[0] for n in pair_names]
+            pairs.append((i, j, len(names) - 2, len(names) - 1))
+            continue
         ri, rj = cross_train([base[i], base[j]], data.train, cfg.cross_train, preset.reformers.noise_sigma)
         for (a, b), model in (((i, j), ri), ((j, i), rj)):
             name = f"{base_names[a]}~{base_names[b].removeprefix('reformer-')}"
@@ -140,7 +168,8 @@ def run_det_selection(preset: Preset, data: Dataset, store: ArtifactStore, base_
         pairs.append((i, j, len(names) - 2, len(names) - 1))
     accs = [reconstructed_accuracy(clf, m, data.val) for m in models]
     ref = data.val.subset(range(cfg.attack_images))
-    transfer = transfer_matrix(clf, models, ref, cfg.cw_confidence, cfg.cw_max_iter)
+    param = cfg.cw_confidence if cfg.transfer_attack == "cw_l2" else cfg.l2_eps
+    transfer = transfer_matrix(clf, models, ref, param, cfg.cw_max_iter, cfg.transfer_attack)
     floor = accuracy(clf, data.val) - cfg.max_accuracy_drop
     chosen = select_list(accs, transfer, cfg.list_size, floor)
     result = {
@@ -159,7 +188,13 @@ def run_det_selection(preset: Preset, data: Dataset, store: ArtifactStore, base_
             }
             for i, j, a, b in pairs
         ],
-        "attack": {"name": "cw_l2", "confidence": cfg.cw_confidence, "max_iter": cfg.cw_max_iter, "images": len(ref)},
+        "attack": {
+            "name": cfg.transfer_attack,
+            "confidence": cfg.cw_confidence,
+            "l2_eps": cfg.l2_eps,
+            "max_iter": cfg.cw_max_iter,
+            "images": len(ref),
+        },
     }
     store.save_json(DET_LIST_ARTIFACT, result)
     log.info("DeT reformer list: %s", result["list"])

@@ -128,13 +128,13 @@ PLANNERS: dict[Pool, Callable[[Preset], list[MemberPlan]]] = {
 }
 
 
-def _det_post(preset: Preset, data: Dataset, store: ArtifactStore) -> dict[str, Any]:
+def _det_post(preset: Preset, data: Dataset, store: ArtifactStore, skip_existing: bool) -> dict[str, Any]:
     from ensdef.det_train import run_det_selection
 
-    return run_det_selection(preset, data, store, [p.name for p in _reformers(preset)])
+    return run_det_selection(preset, data, store, [p.name for p in _reformers(preset)], skip_existing)
 
 
-POST_STEPS: dict[Pool, Callable[[Preset, Dataset, ArtifactStore], dict[str, Any]]] = {Pool.REFORMERS: _det_post}
+POST_STEPS: dict[Pool, Callable[[Preset, Dataset, ArtifactStore, bool], dict[str, Any]]] = {Pool.REFORMERS: _det_post}
 """Work that needs a pool's trained members: DeT cross-training and reformer-list selection."""
 
 
@@ -242,5 +242,5 @@ def train_pools(
                 }
             )
         if pool in POST_STEPS:
-            post[pool.value] = POST_STEPS[pool](preset, data, store)
+            post[pool.value] = POST_STEPS[pool](preset, data, store, skip_existing)
     return {"store": store.root, "preset": preset.name, "artifacts": out, "post": post}

@@ -120,9 +120,11 @@ class DeTConfig:
     preliminary: str = "reformer-reformer_conv"
     cross_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, batch_size=256))
     max_accuracy_drop: float = 0.02  # list members keep classifier o R within this of the classifier alone
-    attack_images: int = 50  # C&W L2 examples per reformer for the transferability matrix
+    attack_images: int = 50  # L2 examples per reformer for the transferability matrix
+    transfer_attack: str = "cw_l2"  # "cw_l2" (the paper's) or "pgd_l2"
     cw_confidence: float = 0.0
-    cw_max_iter: int = 50
+    cw_max_iter: int = 50  # iterations of either attack
+    l2_eps: float = 2.0  # pgd_l2 budget
 
 
 @dataclass(frozen=True)
