@@ -98,12 +98,18 @@ def fooled(classifier: nn.Module, reformer: nn.Module, x_adv: np.ndarray, y: tor
 
 
 def transfer_matrix(
-    classifier: nn.Module, reformers: Sequence[nn.Module], x: Split, confidence: float, max_iter: int
+    classifier: nn.Module,
+    reformers: Sequence[nn.Module],
+    x: Split,
+    param: float,
+    max_iter: int,
+    attack: str = "cw_l2",
 ) -> np.ndarray:
-    """``T[i, j]``: fraction of C&W L2 examples made through reformer i that also fool reformer j."""
+    """``T[i, j]``: fraction of L2 examples (``attack``: C&W with confidence ``param``, or PGD with L2 budget
+    ``param``) made through reformer i that also fool reformer j."""
     t = np.zeros((len(reformers), len(reformers)))
     for i, ri in enumerate(tqdm(reformers, desc="transferability", leave=False, disable=None)):
-        adv = cw_examples(classifier, ri, x, confidence, max_iter)
+        adv = TRANSFER_ATTACKS[attack](classifier, ri, x, param, max_iter)
         for j, rj in enumerate(reformers):
             t[i, j] = fooled(classifier, rj, adv, x.y)
     return t
