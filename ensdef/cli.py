@@ -152,7 +152,7 @@ def _certify(a: argparse.Namespace) -> tuple[Any, int]:
     return certify_split(
         ArtifactStore(a.store),
         preset,
-        data.test.subset(range(a.count)),
+        data.test.subset(range(0, len(data.test), max(1, len(data.test) // a.count))[: a.count]),
         n0=a.n0 or c.n0,
         n=a.n or c.n,
         alpha=a.alpha or c.alpha,
@@ -271,7 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     ce = common(sub.add_parser("certify", help="randomized-smoothing certificates of the noisy-vote ensemble"))
     ce.add_argument("--preset", default="mnist5k")
     ce.add_argument("--store", required=True)
-    ce.add_argument("--count", type=int, default=100, help="first N test images")
+    ce.add_argument(
+        "--count", type=int, default=100, help="N test images, evenly spaced (the split is ordered by class)"
+    )
     ce.add_argument("--n", type=int, default=None, help="estimation samples (preset default)")
     ce.add_argument("--n0", type=int, default=None, help="selection samples (preset default)")
     ce.add_argument("--alpha", type=float, default=None)
