@@ -54,13 +54,17 @@ def cross_train(pair: Sequence[nn.Module], train: Split, cfg: TrainConfig, noise
     return [m.eval().cpu() for m in r]
 
 
+def _through(classifier: nn.Module, reformer: nn.Module, x: Split, num_classes: int):  # noqa: ANN202
+    """ART view of ``classifier o reformer`` for inputs shaped like ``x``."""
+    return art_classifier(nn.Sequential(reformer, classifier).eval(), tuple(x.x.shape[1:]), num_classes)
+
+
 def cw_examples(
     classifier: nn.Module, reformer: nn.Module, x: Split, confidence: float, max_iter: int, num_classes: int = 10
 ) -> np.ndarray:
     """C&W L2 examples against ``classifier o reformer`` (untargeted)."""
-    chain = nn.Sequential(reformer, classifier).eval()
     attack = CarliniL2Method(
-        art_classifier(chain, tuple(x.x.shape[1:]), num_classes),
+        _through(classifier, reformer, x, num_classes),
         confidence=confidence,
         max_iter=max_iter,
         binary_search_steps=5,
@@ -75,9 +79,8 @@ def pgd_l2_examples(
     classifier: nn.Module, reformer: nn.Module, x: Split, eps: float, max_iter: int, num_classes: int = 10
 ) -> np.ndarray:
     """L2 PGD examples against ``classifier o reformer`` (untargeted, step 2.5 eps / iterations)."""
-    chain = nn.Sequential(reformer, classifier).eval()
     attack = ProjectedGradientDescent(
-        art_classifier(chain, tuple(x.x.shape[1:]), num_classes),
+        _through(classifier, reformer, x, num_classes),
         norm=2,
         eps=eps,
         eps_step=2.5 * eps / max_iter,
