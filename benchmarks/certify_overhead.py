@@ -50,7 +50,7 @@ def main() -> None:
         while left:
             b = min(a.batch, left)
             batch = xs[0].expand(b, 1, 28, 28)
-            for m in ens.members:
+            for m in ens.nets:
                 m(batch + 0.5 * randn_like(batch, g)).argmax(1)
             left -= b
 
@@ -66,7 +66,7 @@ def main() -> None:
         timings[name] = time.perf_counter() - t0
     r = min(timings["raw"], timings["raw2"])
     c = min(timings["certify"], timings["certify2"])
-    print(f"{samples:,} noisy samples x {len(ens.members)} members")
+    print(f"{samples:,} noisy samples x {len(ens.nets)} members")
     print(f"raw batched forward: {samples / r:,.0f} samples/s; certification loop: {samples / c:,.0f} samples/s")
     print(f"certification overhead: {100 * (c / r - 1):.1f}% (ratio {c / r:.3f})")
 

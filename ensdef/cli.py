@@ -190,27 +190,47 @@ def _rls_compare(a: argparse.Namespace) -> tuple[Any, int]:
 # --- evaluation -----------------------------------------------------------------------------------------
 @command("evaluate")
 def _evaluate(a: argparse.Namespace) -> tuple[Any, int]:
+    import dataclasses
+
+    from ensdef import report
     from ensdef.data import load_dataset
-    from ensdef.harness import static_table
+    from ensdef.harness import Harness, Threat
     from ensdef.presets import load_preset
     from ensdef.store import ArtifactStore
 
     preset = load_preset(a.preset)
     data = load_dataset(preset.dataset, a.data_root or preset.data_root)
-    table = static_table(
-        ArtifactStore(a.store),
-        preset,
-        data,
-        a.defenses.split(","),
-        a.attacks.split(","),
-        per_class=a.per_class,
-        seed=a.seed,
-        benign_n=a.benign_n,
-        threats=tuple(a.threats.split(",")),
-        eot=a.eot,
-        adaptive_overrides={"max_iter": a.adaptive_steps, "eps": a.eps, "eps_step": 2.5 * a.eps / a.adaptive_steps},
-    )
-    return table.to_json(), 0
+    changes = {
+        k: v
+        for k, v in {
+            "defenses": _csv(a.defenses),
+            "static_attacks": _csv(a.attacks),
+            "per_class": a.per_class,
+            "benign_n": a.benign_n,
+            "seed": a.seed,
+            "eot": a.eot,
+            "adaptive_iter": a.adaptive_steps,
+        }.items()
+        if v is not None
+    }
+    cfg = dataclasses.replace(preset.evaluation, **changes)
+    threats = tuple(Threat(t) for t in _csv(a.threats))
+    harness = Harness(ArtifactStore(a.store), preset, data, cfg, threats, use_cache=not a.no_cache)
+    rep = harness.run()
+    paths = report.write(rep, a.out)
+    failed = [c for c in rep.extra["sanity"] if not c["passed"] and c["severity"] == "fail"]
+    out = {
+        "out": {k: str(v) for k, v in paths.items()},
+        "sanity": "FAIL" if failed else "PASS",
+        "failed_checks": failed,
+        "cache": rep.extra["cache"],
+        "summary": report.summary(rep),
+    }
+    return out, 1 if failed and a.strict else 0
+
+
+def _csv(value: str | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(v for v in value.split(",") if v)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -237,7 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr = common(sub.add_parser("train", help="train a preset's pools into an artifact store"))
     tr.add_argument("--preset", default="mnist5k")
     tr.add_argument(
-        "--pool", default="all", choices=["all", "target", "verifiers", "denoisers", "reformers", "tempnets", "rls"]
+        "--pool",
+        default="all",
+        choices=["all", "target", "verifiers", "denoisers", "reformers", "tempnets", "rls", "baselines"],
     )
     tr.add_argument("--store", required=True)
     tr.add_argument("--skip-existing", action="store_true", help="keep artifacts that exist and verify")
@@ -296,18 +318,20 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--seed", type=int, default=0)
     data_args(rc)
 
-    ev = common(sub.add_parser("evaluate", help="benign and attacked scores of defenses side by side"))
+    ev = common(sub.add_parser("evaluate", help="static, gray-box and adaptive evaluation with a report"))
     ev.add_argument("--preset", default="mnist5k")
     ev.add_argument("--store", required=True)
-    ev.add_argument("--defenses", default="denoising,verification,modef-1tm,modef-mtm")
-    ev.add_argument("--attacks", default="fgsm,bim")
-    ev.add_argument("--per-class", type=int, default=10, help="attacked images per class (MODEF: 10)")
-    ev.add_argument("--benign-n", type=int, default=None, help="benign test images (default: all)")
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--threats", default="static", help="comma list of static, adaptive")
-    ev.add_argument("--eot", type=int, default=20, help="EOT samples per gradient step (adaptive)")
-    ev.add_argument("--adaptive-steps", type=int, default=20, help="PGD steps of the adaptive attack")
-    ev.add_argument("--eps", type=float, default=0.3, help="L-inf budget of the adaptive attack")
+    ev.add_argument("--out", required=True, help="folder for report.json, report.md and the PNG plots")
+    ev.add_argument("--defenses", default=None, help="comma list (default: the preset's evaluation.defenses)")
+    ev.add_argument("--attacks", default=None, help="static attack set (default: the preset's)")
+    ev.add_argument("--threats", default="static,graybox,adaptive", help="comma list of static, graybox, adaptive")
+    ev.add_argument("--per-class", type=int, default=None, help="attacked images per class (MODEF: 10)")
+    ev.add_argument("--benign-n", type=int, default=None, help="benign test images")
+    ev.add_argument("--seed", type=int, default=None)
+    ev.add_argument("--eot", type=int, default=None, help="EOT samples per gradient step (adaptive)")
+    ev.add_argument("--adaptive-steps", type=int, default=None, help="steps of the adaptive attack")
+    ev.add_argument("--no-cache", action="store_true", help="recompute every cell (and write no cache)")
+    ev.add_argument("--strict", action="store_true", help="exit 1 when a sanity check fails")
     data_args(ev)
     return p
 

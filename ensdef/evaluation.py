@@ -15,13 +15,19 @@ from ensdef.train import predict
 from ensdef.types import Decision
 
 
-def attack_set(target: nn.Module, test: Split, per_class: int, num_classes: int = 10) -> Split:
-    """The first ``per_class`` test images of each class that ``target`` classifies correctly (MODEF V-A)."""
+def attack_set_indices(target: nn.Module, test: Split, per_class: int, num_classes: int = 10) -> list[int]:
+    """Indices of the first ``per_class`` test images of each class that ``target`` classifies correctly
+    (MODEF V-A), sorted."""
     ok = predict(target, test.x).argmax(1) == test.y
     idx: list[int] = []
     for c in range(num_classes):
         idx += (ok & (test.y == c)).nonzero().flatten()[:per_class].tolist()
-    return test.subset(sorted(idx))
+    return sorted(idx)
+
+
+def attack_set(target: nn.Module, test: Split, per_class: int, num_classes: int = 10) -> Split:
+    """The attack set itself (see :func:`attack_set_indices`)."""
+    return test.subset(attack_set_indices(target, test, per_class, num_classes))
 
 
 def decide_all(defense: Defense, x: torch.Tensor, seed: int, batch_size: int = 50, desc: str = "") -> list[Decision]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from ensdef.config import to_plain
+from ensdef.config import from_mapping, to_plain
 from ensdef.data import Dataset, Split
 from ensdef.models import Kind, build, get_spec
 from ensdef.noise import NoiseKind, NoiseSpec
@@ -36,6 +36,7 @@ class Pool(str, Enum):
     REFORMERS = "reformers"
     TEMPNETS = "tempnets"
     RLS = "rls"
+    BASELINES = "baselines"
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,15 @@ def _rls(p: Preset) -> list[MemberPlan]:
     ]
 
 
+def _baselines(p: Preset) -> list[MemberPlan]:
+    b = p.baselines
+    cfg = TrainConfig(epochs=b.epochs, batch_size=b.batch_size, lr=b.lr, seed=b.seed)
+    return [
+        MemberPlan(f"baseline-{m}", Role.BASELINE, p.target.architecture, cfg, extra={"method": m, **to_plain(b)})
+        for m in b.methods
+    ]
+
+
 PLANNERS: dict[Pool, Callable[[Preset], list[MemberPlan]]] = {
     Pool.TARGET: _target,
     Pool.VERIFIERS: _verifiers,
@@ -125,6 +135,7 @@ PLANNERS: dict[Pool, Callable[[Preset], list[MemberPlan]]] = {
     Pool.REFORMERS: _reformers,
     Pool.TEMPNETS: _tempnets,
     Pool.RLS: _rls,
+    Pool.BASELINES: _baselines,
 }
 
 
@@ -188,9 +199,26 @@ def _fit_rls(plan: MemberPlan, model: nn.Module, train: Split, data: Dataset) ->
     return res.model, {**res.metrics, "test_accuracy": acc, "test_interrater_agreement": ens.diversity(data.test)}, res
 
 
+def _fit_baseline(
+    plan: MemberPlan, model: nn.Module, train: Split, data: Dataset
+) -> tuple[nn.Module, dict, TrainResult]:
+    from ensdef.baselines import BASELINES, Baseline
+    from ensdef.presets import BaselineConfig
+
+    cfg = from_mapping(BaselineConfig, {k: v for k, v in plan.extra.items() if k != "method"}, plan.name)
+    res = BASELINES[Baseline(plan.extra["method"])](
+        lambda: build(plan.architecture, data.shape, data.num_classes), train, data.num_classes, cfg
+    )
+    acc = accuracy(res.model, data.test)
+    log.info("%s: test accuracy %.4f, %.0fs", plan.name, acc, res.seconds)
+    return res.model, {"test_accuracy": acc}, TrainResult(res.model, {}, cfg.epochs, res.seconds)
+
+
 def _fitter(plan: MemberPlan) -> Callable[[MemberPlan, nn.Module, Split, Dataset], tuple[nn.Module, dict, TrainResult]]:
     if plan.role is Role.RLS:
         return _fit_rls
+    if plan.role is Role.BASELINE:
+        return _fit_baseline
     return _fit_autoencoder if get_spec(plan.architecture).kind is Kind.AUTOENCODER else _fit_classifier
 
 

@@ -155,6 +155,70 @@ class NoisyVoteConfig:
 
 
 @dataclass(frozen=True)
+class BaselineConfig:
+    """MODEF Table V baselines of the target architecture, trained with ART (``ensdef train --pool baselines``)."""
+
+    methods: tuple[str, ...] = ("adv-training", "distillation")
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    adv_eps: float = 0.3  # PGD adversarial training budget (L-inf)
+    adv_eps_step: float = 0.1
+    adv_max_iter: int = 7
+    adv_ratio: float = 0.5  # fraction of every batch replaced by PGD examples
+    temperature: float = 50.0  # defensive distillation
+    seed: int = 11
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The evaluation harness (``ensdef evaluate``): attack set, threat models and their budgets.
+
+    ``budgets`` overrides the registry's parameters per attack name (e.g. fewer C&W iterations on CPU)."""
+
+    defenses: tuple[str, ...] = (
+        "target",
+        "adv-training",
+        "distillation",
+        "denoising",
+        "verification",
+        "modef-1tm",
+        "modef-mtm",
+        "noisy-vote",
+        "rls",
+        "det",
+    )
+    static_attacks: tuple[str, ...] = (
+        "fgsm",
+        "bim",
+        "cw_linf_ml",
+        "cw_linf_ll",
+        "cw_l2_ml",
+        "cw_l2_ll",
+        "cw_l0_ml",
+        "cw_l0_ll",
+        "jsma_ml",
+        "jsma_ll",
+        "deepfool",
+        "pgd",
+        "ead",
+    )
+    budgets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    per_class: int = 10  # attack set: first N correctly classified test images per class (MODEF: 10)
+    benign_n: int = 1000  # benign rows use the first benign_n test images
+    seed: int = 0
+    graybox_attack: str = "pgd"
+    adaptive_attack: str = "pgd"  # through the EOT surrogate, with a detector-aware target
+    adaptive_iter: int = 20
+    eot: int = 20  # surrogate samples per gradient step for randomized defenses
+    eps_curve: tuple[float, ...] = (0.1, 0.2, 0.3)  # adaptive robust accuracy against L-inf epsilon
+    superimpose: tuple[int, ...] = (2, 3)  # seed 003: superimposed single-member examples
+    rls_samples: tuple[int, ...] = (1, 5, 10, 15)  # seed 001 Table 4: attack the mean of n sampled networks
+    blackbox_attack: str = "square"  # gradient-masking check
+    blackbox_iter: int = 100
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     dataset: str
@@ -167,6 +231,8 @@ class Preset:
     noisy_vote: NoisyVoteConfig = field(default_factory=NoisyVoteConfig)
     rls: RLSPool = field(default_factory=RLSPool)
     det: DeTConfig = field(default_factory=DeTConfig)
+    baselines: BaselineConfig = field(default_factory=BaselineConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
     data_root: str | None = None
 
 

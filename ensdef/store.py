@@ -216,6 +216,25 @@ class ArtifactStore:
     def has_json(self, name: str) -> bool:
         return self.fs.exists(self._path(name, "data.json"))
 
+    # --- tensor artifacts (attack caches) ----------------------------------------------------------------
+    def save_tensors(self, name: str, tensors: dict[str, torch.Tensor]) -> str:
+        """Store named tensors in ``name/tensors.pt`` with their sha256 beside them."""
+        buf = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in tensors.items()}, buf)
+        data = buf.getvalue()
+        self._write(self._path(name, "tensors.pt"), data)
+        self._write(self._path(name, "tensors.sha256"), sha256_bytes(data).encode())
+        return self._path(name, "tensors.pt")
+
+    def load_tensors(self, name: str) -> dict[str, torch.Tensor]:
+        data = self._read(self._path(name, "tensors.pt"))
+        if sha256_bytes(data) != self._read(self._path(name, "tensors.sha256")).decode().strip():
+            raise IntegrityError(f"artifact {name!r}: tensors.pt does not match its sha256; refusing to load")
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+    def has_tensors(self, name: str) -> bool:
+        return self.fs.exists(self._path(name, "tensors.sha256"))
+
 
 def to_kwargs(m: Manifest) -> dict[str, Any]:
     return {f: getattr(m, f) for f in m.__dataclass_fields__}

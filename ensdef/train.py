@@ -133,7 +133,8 @@ def _loop(model, train, cfg, batch_loss, val_score, desc, device):  # type: igno
 def train_classifier(
     model: nn.Module, train: Split, val: Split, cfg: TrainConfig, desc: str = "classifier"
 ) -> TrainResult:
-    """Cross-entropy on ``logits / cfg.temperature``; early stopping on validation accuracy."""
+    """Cross-entropy on ``logits / cfg.temperature``; early stopping on validation accuracy (on validation
+    images with one fixed draw of the training noise when ``cfg.noise_sigma`` > 0)."""
     init = getattr(model, "init_from_data", None)
     if callable(init):
         init(train.x, make_generator(cfg.seed + 1))
@@ -144,6 +145,8 @@ def train_classifier(
             xb = xb + cfg.noise_sigma * randn_like(xb, g)
         return F.cross_entropy(m(xb) / cfg.temperature, yb)
 
+    if cfg.noise_sigma > 0:  # members answer noisy queries: keep the checkpoint that is best under that noise
+        val = Split(val.x + cfg.noise_sigma * randn_like(val.x, make_generator(cfg.seed + 2)), val.y)
     res = fit(model, train, cfg, loss, lambda m: accuracy(m, val), desc)
     return TrainResult(res.model, {"val_accuracy": res.metrics["val_score"]}, res.epochs_run, res.seconds)
 

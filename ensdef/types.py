@@ -20,10 +20,11 @@ class Role(str, Enum):
     REFORMER = "reformer"
     TEMPNET = "tempnet"
     RLS = "rls"
+    BASELINE = "baseline"  # MODEF Table V: adversarial training, defensive distillation
 
     @property
     def is_classifier(self) -> bool:
-        return self in (Role.TARGET, Role.VERIFIER, Role.TEMPNET, Role.RLS)
+        return self in (Role.TARGET, Role.VERIFIER, Role.TEMPNET, Role.RLS, Role.BASELINE)
 
 
 @dataclass(frozen=True)

@@ -35,3 +35,19 @@ def test_missing_artifacts_are_named(tmp_path) -> None:
             build_defense(name, ArtifactStore(tmp_path), load_preset("mnist5k"))
     with pytest.raises(KeyError, match="unknown defense"):
         build_defense("magic", ArtifactStore(tmp_path), load_preset("mnist5k"))
+
+
+@pytest.mark.parametrize("name", sorted(DEFENSES))
+def test_batched_eot_draws_equal_the_loop(name: str, tiny_store, mnist5k) -> None:
+    """``surrogate_many`` / ``voters_many`` share work across EOT draws; they must equal one call per draw."""
+    from ensdef.rng import make_generator
+
+    store, preset = tiny_store
+    d = build_defense(name, store, preset)
+    x = mnist5k.test.x[::200][:3]
+    gens = lambda: [make_generator(s) for s in (5, 6, 7)]  # noqa: E731
+    many = d.surrogate_many(x, gens())
+    loop = torch.stack([d.surrogate(x, g) for g in gens()])
+    torch.testing.assert_close(many, loop, rtol=1e-4, atol=1e-5)
+    for a, b in zip(d.voters_many(x, gens()), [d.voters(x, g) for g in gens()], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -7,13 +7,21 @@ from art.estimators.classification import PyTorchClassifier
 from torch import nn
 
 
-def art_classifier(model: nn.Module, input_shape: tuple[int, ...], num_classes: int) -> PyTorchClassifier:
+def art_classifier(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    lr: float | None = None,
+    loss: nn.Module | None = None,
+) -> PyTorchClassifier:
     """ART view of ``model`` (``[B, C, H, W]`` in [0, 1] -> logits ``[B, K]``), clip values (0, 1), on the
-    model's own device."""
+    model's own device. ``lr`` adds an Adam optimizer so ART can train it; ``loss`` replaces cross-entropy."""
     dev = next(iter(model.parameters()), torch.zeros(())).device
+    opt = torch.optim.Adam(model.parameters(), lr=lr) if lr is not None else None
     return PyTorchClassifier(
         model=model.eval(),
-        loss=nn.CrossEntropyLoss(),
+        loss=loss if loss is not None else nn.CrossEntropyLoss(),
+        optimizer=opt,
         input_shape=tuple(input_shape),
         nb_classes=num_classes,
         clip_values=(0.0, 1.0),

@@ -15,7 +15,7 @@ class EOTSurrogate(nn.Module):
 
     Each call draws new generators from a counter seeded by ``seed``, so successive attack steps see new
     randomness and a rerun with the same seed replays exactly. ``samples=0`` uses the deterministic
-    surrogate (``g=None``: every member, no noise).
+    surrogate (``g=None``: every member, no noise), as does a defense that is not randomized.
     """
 
     def __init__(self, defense: Defense, samples: int = 20, seed: int = 0) -> None:
@@ -25,10 +25,8 @@ class EOTSurrogate(nn.Module):
         self.anchor = nn.Parameter(torch.zeros(()), requires_grad=False)  # gives ART a device to read
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.samples == 0:
+        if self.samples == 0 or not self.defense.randomized:
             return self.defense.surrogate(x, None)
-        outs = []
-        for _ in range(self.samples):
-            self.calls += 1
-            outs.append(self.defense.surrogate(x, make_generator(self.seed * 1_000_003 + self.calls, x.device)))
-        return torch.stack(outs).mean(0)
+        gs = [make_generator(self.seed * 1_000_003 + self.calls + i + 1, x.device) for i in range(self.samples)]
+        self.calls += self.samples
+        return self.defense.surrogate_many(x, gs).mean(0)

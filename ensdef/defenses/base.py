@@ -4,6 +4,7 @@ through the same members for attacks (mean member log-probabilities)."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,8 @@ class Defense(ABC):
     """Members plus an aggregation. Inputs ``x``: ``[B, C, H, W]`` in [0, 1] on the members' device."""
 
     name: str = "defense"
+    randomized: bool = True  # decisions depend on the generator (attack it with EOT)
+    can_flag: bool = True  # may flag or abstain (attack it with the detector-aware objective)
 
     @abstractmethod
     def decide(self, x: torch.Tensor, g: torch.Generator) -> list[Decision]:
@@ -26,6 +29,26 @@ class Defense(ABC):
     def surrogate(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
         """Differentiable ``[B, K]`` log-probabilities of the defended classifier; with ``g`` the defense's
         random choices are drawn from it (one EOT sample), without it every member is used."""
+
+    def voters(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        """Differentiable ``[V, B, K]`` log-probabilities of the V votes the defense aggregates (one EOT sample
+        with ``g``). A detector-aware attack needs every voter to agree on its label so that nothing is
+        flagged; the default is the surrogate as a single voter."""
+        return self.surrogate(x, g).unsqueeze(0)
+
+    def surrogate_many(self, x: torch.Tensor, gs: Sequence[torch.Generator]) -> torch.Tensor:
+        """``[S, B, K]``: ``surrogate(x, g)`` for every generator (one EOT draw each), equal to the loop;
+        defenses override it to share the work that does not depend on the draw."""
+        return torch.stack([self.surrogate(x, g) for g in gs])
+
+    def voters_many(self, x: torch.Tensor, gs: Sequence[torch.Generator]) -> list[torch.Tensor]:
+        """``voters(x, g)`` for every generator (draws may differ in their number of voters)."""
+        return [self.voters(x, g) for g in gs]
+
+    def members(self, g: torch.Generator | None = None) -> list[nn.Module]:
+        """Standalone ``[B, C, H, W] -> [B, K]`` logit models, one per member the gray-box attacker may hold
+        (with ``g``: the randomly drawn ones, e.g. sampled RLS networks)."""
+        raise NotImplementedError(f"{self.name} exposes no members")
 
 
 def log_probs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from enum import Enum
 import torch
 from torch import nn
 
-from ensdef.defenses.base import Defense, mean_log_probs, probs_of
+from ensdef.defenses.base import Defense, log_probs, probs_of
 from ensdef.defenses.denoising import DenoisingEnsemble
 from ensdef.defenses.verification import OnDisagree, VerificationEnsemble, VoteRule
 from ensdef.teams import TeamSelection
@@ -83,8 +83,31 @@ class CrossLayerEnsemble(Defense):
         return [Decision(int(label[i]), bool(flagged[i]), {"team": names}) for i in range(len(x))]
 
     def surrogate(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        return self.voters(x, g).mean(0)
+
+    def voters(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        """One vote per (denoised version, team member) pair, the target's included in one-to-many."""
         ver = self.verification
         members = ver.verifiers if g is None else ver.team(g)
         if self.mode is CrossLayerMode.ONE_TO_MANY:
             members = [ver.target, *members]
-        return torch.stack([mean_log_probs(members, d(x)) for d in self.denoising.denoisers]).mean(0)
+        return torch.stack([log_probs(m, d(x)) for d in self.denoising.denoisers for m in members])
+
+    def voters_many(self, x: torch.Tensor, gs: Sequence[torch.Generator]) -> list[torch.Tensor]:
+        """Every (denoiser, member) pair once, then one team per draw: equal to ``voters(x, g)`` per ``g``."""
+        ver = self.verification
+        every = torch.stack(
+            [torch.stack([log_probs(m, d(x)) for m in [ver.target, *ver.verifiers]]) for d in self.denoising.denoisers]
+        )  # [D, 1 + P, B, K]
+        out = []
+        for g in gs:
+            team = [1 + i for i in ver.teams.draw(g)]
+            pick = [0, *team] if self.mode is CrossLayerMode.ONE_TO_MANY else team
+            out.append(every[:, pick].flatten(0, 1))
+        return out
+
+    def surrogate_many(self, x: torch.Tensor, gs: Sequence[torch.Generator]) -> torch.Tensor:
+        return torch.stack([v.mean(0) for v in self.voters_many(x, gs)])
+
+    def members(self, g: torch.Generator | None = None) -> list[nn.Module]:
+        return list(self.verification.verifiers)

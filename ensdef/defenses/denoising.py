@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ensdef.defenses.base import Defense, mean_log_probs, plurality
+from ensdef.defenses.base import Defense, log_probs, plurality
 from ensdef.rng import randint
 from ensdef.types import Decision
 
@@ -38,6 +38,7 @@ def denoise_vote(labels: torch.Tensor, num_classes: int, g: torch.Generator) -> 
 
 class DenoisingEnsemble(Defense):
     name = "denoising"
+    randomized = False  # the generator only breaks ties
 
     def __init__(self, denoisers: Sequence[nn.Module], target: nn.Module, num_classes: int = 10) -> None:
         self.denoisers, self.target, self.num_classes = list(denoisers), target, num_classes
@@ -59,4 +60,10 @@ class DenoisingEnsemble(Defense):
         return [Decision(int(v.label[i]), bool(v.flagged[i]), {"votes": v.votes[:, i].tolist()}) for i in range(len(x))]
 
     def surrogate(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
-        return torch.stack([mean_log_probs([self.target], d(x)) for d in self.denoisers]).mean(0)
+        return self.voters(x, g).mean(0)
+
+    def voters(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        return torch.stack([log_probs(self.target, d(x)) for d in self.denoisers])
+
+    def members(self, g: torch.Generator | None = None) -> list[nn.Module]:
+        return [nn.Sequential(d, self.target) for d in self.denoisers]

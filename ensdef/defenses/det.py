@@ -26,6 +26,7 @@ def two_level_vote(labels: torch.Tensor, num_classes: int, g: torch.Generator) -
 
 class DeTDefense(Defense):
     name = "det"
+    can_flag = False
 
     def __init__(
         self,
@@ -60,3 +61,14 @@ class DeTDefense(Defense):
         flat = cube.flatten(0, 1)
         out = torch.stack([log_probs(self.classifier, r(flat)) for r in self.reformers]).mean(0)
         return out.view(cube.shape[0], len(x), -1).mean(0)
+
+    def surrogate_many(self, x: torch.Tensor, gs: Sequence[torch.Generator]) -> torch.Tensor:
+        """Each draw's hypercube, then one pass per reformer over all draws: equal to the loop."""
+        cubes = torch.stack([self.hypercube(x, g, self.samples) for g in gs])  # [S, n, B, C, H, W]
+        flat = cubes.flatten(0, 2)
+        out = torch.stack([log_probs(self.classifier, r(flat)) for r in self.reformers]).mean(0)
+        return out.view(len(gs), self.samples, len(x), -1).mean(1)
+
+    def members(self, g: torch.Generator | None = None) -> list[nn.Module]:
+        """classifier o R_j for every reformer of the list."""
+        return [nn.Sequential(r, self.classifier) for r in self.reformers]

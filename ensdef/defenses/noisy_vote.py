@@ -15,7 +15,7 @@ import torch
 from scipy.stats import binomtest
 from torch import nn
 
-from ensdef.defenses.base import Defense, mean_log_probs
+from ensdef.defenses.base import Defense, log_probs
 from ensdef.rng import make_generator, randn_like, spawn_seeds
 from ensdef.types import ABSTAIN, Decision
 
@@ -65,20 +65,20 @@ class NoisyVoteEnsemble(Defense):
         alpha_rv: float | None = 0.05,
         num_classes: int = 10,
     ) -> None:
-        self.members, self.sigma, self.alpha_rv, self.num_classes = list(members), sigma, alpha_rv, num_classes
+        self.nets, self.sigma, self.alpha_rv, self.num_classes = list(members), sigma, alpha_rv, num_classes
 
     @torch.no_grad()
     def member_labels(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """``[M, B]``: each member's label for its own noisy copy of ``x`` (member i draws from the i-th
         seed spawned from ``g``, exactly as a remote member replica does)."""
-        seeds = spawn_seeds(g, len(self.members))
-        return torch.stack([member_noisy_labels(m, x, self.sigma, s) for m, s in zip(self.members, seeds, strict=True)])
+        seeds = spawn_seeds(g, len(self.nets))
+        return torch.stack([member_noisy_labels(m, x, self.sigma, s) for m, s in zip(self.nets, seeds, strict=True)])
 
     @torch.no_grad()
     def base_vote(self, x: torch.Tensor) -> torch.Tensor:
         """``[B]`` plurality of the members on ``x`` itself (no member noise): the deterministic base
         classifier F* that certification smooths."""
-        labels = torch.stack([m(x).argmax(1) for m in self.members])
+        labels = torch.stack([m(x).argmax(1) for m in self.nets])
         return vote_counts(labels, self.num_classes).argmax(1)
 
     def decide(self, x: torch.Tensor, g: torch.Generator) -> list[Decision]:
@@ -89,6 +89,28 @@ class NoisyVoteEnsemble(Defense):
         ]
 
     def surrogate(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        return self.voters(x, g).mean(0)
+
+    def voters(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
         if g is None:
-            return mean_log_probs(self.members, x)
-        return torch.stack([torch.log_softmax(noisy_logits(m, x, self.sigma, g), 1) for m in self.members]).mean(0)
+            return torch.stack([log_probs(m, x) for m in self.nets])
+        return torch.stack([torch.log_softmax(noisy_logits(m, x, self.sigma, g), 1) for m in self.nets])
+
+    def voters_many(self, x: torch.Tensor, gs: Sequence[torch.Generator]) -> list[torch.Tensor]:
+        """Noise drawn in the order of ``voters(x, g)``, then one batched pass per member over all draws."""
+        if self.sigma <= 0:
+            return [self.voters(x, None)] * len(gs)
+        noise = [[randn_like(x, g) for _ in self.nets] for g in gs]  # [S][M] like x
+        outs = [
+            torch.log_softmax(m(torch.cat([x + self.sigma * noise[s][j] for s in range(len(gs))])), 1).view(
+                len(gs), len(x), -1
+            )
+            for j, m in enumerate(self.nets)
+        ]  # [M] of [S, B, K]
+        return list(torch.stack(outs, 1))
+
+    def surrogate_many(self, x: torch.Tensor, gs: Sequence[torch.Generator]) -> torch.Tensor:
+        return torch.stack([v.mean(0) for v in self.voters_many(x, gs)])
+
+    def members(self, g: torch.Generator | None = None) -> list[nn.Module]:
+        return list(self.nets)

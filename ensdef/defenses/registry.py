@@ -13,6 +13,7 @@ from ensdef.defenses.denoising import DenoisingEnsemble
 from ensdef.defenses.det import DeTDefense
 from ensdef.defenses.noisy_vote import NoisyVoteEnsemble
 from ensdef.defenses.rls import RLSEnsemble
+from ensdef.defenses.single import SingleModel
 from ensdef.defenses.verification import VerificationEnsemble
 from ensdef.presets import Preset
 from ensdef.store import ArtifactStore
@@ -119,6 +120,25 @@ def _det(store: ArtifactStore, preset: Preset, device: torch.device) -> Defense:
         c.eps,
         c.samples,
     )
+
+
+@register_defense("target")
+def _target(store: ArtifactStore, preset: Preset, device: torch.device) -> Defense:
+    return SingleModel(load_target(store, device), "target")
+
+
+def _baseline(method: str) -> Builder:
+    def build(store: ArtifactStore, preset: Preset, device: torch.device) -> Defense:
+        name = f"baseline-{method}"
+        if not store.exists(name):
+            raise FileNotFoundError(f"no {name} in store {store.root}; train it with `ensdef train --pool baselines`")
+        return SingleModel(store.load_model(name, device)[0], method)
+
+    return build
+
+
+register_defense("adv-training")(_baseline("adv-training"))
+register_defense("distillation")(_baseline("distillation"))
 
 
 def build_defense(name: str, store: ArtifactStore, preset: Preset, device: torch.device | str = "cpu") -> Defense:

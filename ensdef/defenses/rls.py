@@ -6,8 +6,11 @@ prediction (cross-entropy on the mean probability, or the squared error of Eq. 7
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ensdef.data import Split
 from ensdef.defenses.base import Defense
@@ -36,6 +39,7 @@ def group_loss(
 
 class RLSEnsemble(Defense):
     name = "rls"
+    can_flag = False
 
     def __init__(self, net: RLSNet, n: int = 10) -> None:
         self.net, self.n = net.eval(), n
@@ -56,6 +60,23 @@ class RLSEnsemble(Defense):
         if g is None:
             return self.net(x)
         return sampled_probs(self.net, x, self.net.sample_paths(self.n, g)).mean(0).clamp_min(1e-12).log()
+
+    def surrogate_many(self, x: torch.Tensor, gs: Sequence[torch.Generator]) -> torch.Tensor:
+        """Each draw's N paths; every distinct path runs once (there are at most M^L of them)."""
+        paths = [self.net.sample_paths(self.n, g) for g in gs]
+        uniq, inv = torch.unique(torch.cat(paths), dim=0, return_inverse=True)
+        probs = sampled_probs(self.net, x, uniq)[inv].view(len(gs), self.n, len(x), -1)
+        return probs.mean(1).clamp_min(1e-12).log()
+
+    def sampled_networks(self, n: int, g: torch.Generator) -> list[nn.Module]:
+        """``n`` exported sampled networks drawn with ``g`` (what an attacker can fix and attack)."""
+        return [self.net.export(p) for p in self.net.sample_paths(n, g)]
+
+    def members(self, g: torch.Generator | None = None) -> list[nn.Module]:
+        """With ``g``: N sampled networks; without: the M sub-models' own paths."""
+        if g is not None:
+            return self.sampled_networks(self.n, g)
+        return [self.net.export([m] * self.net.num_units) for m in range(self.net.num_submodels)]
 
     def diversity(self, split: Split, seed: int = 0) -> float:
         """Interrater agreement of the N sampled networks' predictions on ``split`` (lower = more diverse)."""

@@ -9,7 +9,7 @@ from enum import Enum
 import torch
 from torch import nn
 
-from ensdef.defenses.base import Defense, mean_log_probs, plurality, probs_of
+from ensdef.defenses.base import Defense, log_probs, plurality, probs_of
 from ensdef.teams import TeamSelection
 from ensdef.types import Decision
 
@@ -53,6 +53,7 @@ class VerificationEnsemble(Defense):
             raise ValueError(f"{len(verifiers)} verifiers given, the team selection names {len(teams.members)}")
         self.target, self.verifiers, self.teams = target, list(verifiers), teams
         self.rule, self.on_disagree = rule, on_disagree
+        self.can_flag = on_disagree is OnDisagree.FLAG
 
     def team(self, g: torch.Generator) -> list[nn.Module]:
         return [self.verifiers[i] for i in self.teams.draw(g)]
@@ -73,5 +74,19 @@ class VerificationEnsemble(Defense):
         return [Decision(int(label[i]), bool(flagged[i]), {"team": names}) for i in range(len(x))]
 
     def surrogate(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        return self.voters(x, g).mean(0)
+
+    def voters(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
         members = self.verifiers if g is None else self.team(g)
-        return mean_log_probs([self.target, *members], x)
+        return torch.stack([log_probs(m, x) for m in [self.target, *members]])
+
+    def voters_many(self, x: torch.Tensor, gs: Sequence[torch.Generator]) -> list[torch.Tensor]:
+        """Every member once, then one team per draw: equal to ``voters(x, g)`` for each ``g``."""
+        every = torch.stack([log_probs(m, x) for m in [self.target, *self.verifiers]])
+        return [every[[0, *(1 + i for i in self.teams.draw(g))]] for g in gs]
+
+    def surrogate_many(self, x: torch.Tensor, gs: Sequence[torch.Generator]) -> torch.Tensor:
+        return torch.stack([v.mean(0) for v in self.voters_many(x, gs)])
+
+    def members(self, g: torch.Generator | None = None) -> list[nn.Module]:
+        return list(self.verifiers)

@@ -1,0 +1,58 @@
+"""Attack cache in the artifact store: adversarial examples and scored cells, keyed by everything that
+determines them (attack name and parameters, image indices, seeds, and the sha256 of every model involved),
+so a rerun reuses them and any retrained model or changed budget misses the cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ensdef.store import ArtifactStore
+
+log = logging.getLogger(__name__)
+
+
+def cache_key(parts: dict[str, Any]) -> str:
+    """A stable 20-hex-digit digest of ``parts`` (JSON with sorted keys)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:20]
+
+
+class AttackCache:
+    """Get-or-make for tensors and JSON results. ``enabled=False`` always makes (and never writes)."""
+
+    def __init__(self, store: ArtifactStore, enabled: bool = True) -> None:
+        self.store, self.enabled = store, enabled
+        self.hits = self.misses = 0
+
+    def model_hashes(self, names: list[str]) -> dict[str, str]:
+        return {n: self.store.manifest(n).sha256 for n in names}
+
+    def tensors(
+        self, kind: str, parts: dict[str, Any], make: Callable[[], dict[str, torch.Tensor]]
+    ) -> dict[str, torch.Tensor]:
+        name = f"cache-{kind}-{cache_key({'kind': kind, **parts})}"
+        if self.enabled and self.store.has_tensors(name):
+            self.hits += 1
+            return self.store.load_tensors(name)
+        self.misses += 1
+        out = make()
+        if self.enabled:
+            self.store.save_tensors(name, out)
+        return out
+
+    def result(self, kind: str, parts: dict[str, Any], make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        name = f"cache-{kind}-{cache_key({'kind': kind, **parts})}"
+        if self.enabled and self.store.has_json(name):
+            self.hits += 1
+            return self.store.load_json(name)
+        self.misses += 1
+        out = make()
+        if self.enabled:
+            self.store.save_json(name, out)
+        return out
