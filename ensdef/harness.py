@@ -62,15 +62,6 @@ def distortion(x: np.ndarray, adv: np.ndarray) -> dict[str, float]:
     }
 
 
-def store_fingerprint(store: ArtifactStore) -> str:
-    """Digest of every stored model's sha256 and every non-cache JSON artifact: any retrained member changes it."""
-    parts: dict[str, Any] = {n: store.manifest(n).sha256 for n in store.names()}
-    for n in ("teams-verifiers", "det-reformer-list"):
-        if store.has_json(n):
-            parts[n] = store.load_json(n)
-    return cache_key(parts)
-
-
 @dataclass
 class Report:
     """``rows[defense][cell]`` -> scores; ``attacks`` describes the static set; ``extra`` matrices, checks."""
@@ -99,7 +90,7 @@ class Harness:
         self.store, self.preset, self.data = store, preset, data
         self.cfg = cfg or preset.evaluation
         self.threats, self.cache = threats, AttackCache(store, use_cache)
-        self.fingerprint = store_fingerprint(store)
+        self.fingerprints: dict[str, str] = {}  # defense -> digest of the artifacts it is built from
         self.k = data.num_classes
         target = load_target(store, torch.device("cpu"))
         self.target_sha = store.manifest("target").sha256
@@ -112,8 +103,10 @@ class Harness:
     def budget(self, attack: str, **more: Any) -> dict[str, Any]:
         return {**self.cfg.budgets.get(attack, {}), **more}
 
-    def _key(self, **parts: Any) -> dict[str, Any]:
-        return {"store": self.fingerprint, "idx": self.idx, "seed": self.cfg.seed, **parts}
+    def _key(self, defense: str = "", **parts: Any) -> dict[str, Any]:
+        """Cache key parts: the defense's artifact digest, the attack set, the seed and ``parts``."""
+        fp = self.fingerprints.get(defense, self.target_sha)
+        return {"defense": defense, "artifacts": fp, "idx": self.idx, "seed": self.cfg.seed, **parts}
 
     def examples(self, kind: str, parts: dict[str, Any], make: Callable[[], np.ndarray]) -> dict[str, torch.Tensor]:
         """Cached adversarial examples ``{"x": [N, C, H, W], "seconds": []}`` made by ``make``."""
@@ -153,7 +146,9 @@ class Harness:
     # --- per defense -----------------------------------------------------------------------------------
     def defense_row(self, name: str, static: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, Any]]:
         c = self.cfg
-        defense = build_defense(name, self.store, self.preset)
+        with self.store.recording() as used:
+            defense = build_defense(name, self.store, self.preset)
+        self.fingerprints[name] = cache_key(used)
         self.randomized[name] = defense.randomized
         row: dict[str, dict[str, Any]] = {}
         n = min(c.benign_n, len(self.data.test))
@@ -256,21 +251,28 @@ class Harness:
         """DeepFool on each of (at most) 5 members, the k smallest successful perturbations superimposed."""
         pool = members[:5]
         params = attack_params("deepfool", self.budget("deepfool"))
-        parts = self._key(defense=name, attack="deepfool", params=params, k=k, pool=len(pool))
+        base = self._key(defense=name, attack="deepfool", params=params, pool=len(pool))
+
+        def per_member() -> dict[str, torch.Tensor]:  # shared by every k
+            def one(m: torch.nn.Module) -> np.ndarray:
+                clf = art_classifier(m.eval(), self.data.shape, self.k)
+                return run_attack("deepfool", clf, self.ref.x.numpy(), self.ref.y.numpy(), params)
+
+            t0 = time.perf_counter()
+            advs, fooled = member_examples(pool, self.ref.x, self.ref.y, one)
+            return {
+                "x": torch.from_numpy(np.stack(advs)),
+                "fooled": torch.from_numpy(fooled),
+                "seconds": torch.tensor(time.perf_counter() - t0),
+            }
 
         def make() -> dict:
-            def gen() -> np.ndarray:
-                def one(m: torch.nn.Module) -> np.ndarray:
-                    clf = art_classifier(m.eval(), self.data.shape, self.k)
-                    return run_attack("deepfool", clf, self.ref.x.numpy(), self.ref.y.numpy(), params)
-
-                advs, fooled = member_examples(pool, self.ref.x, self.ref.y, one)
-                return superimpose(self.ref.x.numpy(), advs, fooled, k)
-
-            adv = self.examples("superimpose", parts, gen)
+            m = self.cache.tensors("member-deepfool", base, per_member)
+            x_si = superimpose(self.ref.x.numpy(), list(m["x"].numpy()), m["fooled"].numpy(), k)
+            adv = {"x": torch.from_numpy(x_si), "seconds": m["seconds"]}
             return self.cell(defense, f"superimpose-{k}", adv, {"members": len(pool), "k": k})
 
-        return self.cached_cell(name, f"superimpose-{k}", parts, make)
+        return self.cached_cell(name, f"superimpose-{k}", {**base, "k": k}, make)
 
     def multi_sample(self, name: str, defense: RLSEnsemble, n: int) -> dict[str, Any]:
         c = self.cfg
@@ -296,7 +298,7 @@ class Harness:
                 "preset": self.preset.name,
                 "threats": [t.value for t in self.threats],
                 "n_attack_set": len(self.ref),
-                "store_fingerprint": self.fingerprint,
+                "target_sha256": self.target_sha,
                 "evaluation": _plain(c),
             }
         )
@@ -326,6 +328,7 @@ class Harness:
         )
         report.extra["sanity"] = [ch.as_dict() for ch in checks]
         report.extra["cache"] = {"hits": self.cache.hits, "misses": self.cache.misses}
+        report.extra["artifacts"] = self.fingerprints
         return report
 
     def unbounded_target(self) -> dict[str, Any]:

@@ -68,7 +68,7 @@ def markdown(report: Report) -> str:
         "",
         f"Attack set: {cfg['n_attack_set']} correctly classified test images, balanced per class; "
         f"threats {', '.join(cfg['threats'])}; seed {cfg['evaluation']['seed']}; EOT "
-        f"{cfg['evaluation']['eot']}; store fingerprint `{cfg['store_fingerprint']}`.",
+        f"{cfg['evaluation']['eot']}; target sha256 `{cfg['target_sha256'][:12]}`.",
         "",
         "## Summary",
         "",

@@ -7,12 +7,14 @@ folders of their own, hashed the same way.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import io
 import json
 import logging
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -98,6 +100,22 @@ class ArtifactStore:
     def __init__(self, root: str | Path) -> None:
         self.root = str(root)
         self.fs, self._base = fsspec.core.url_to_fs(self.root)
+        self._recording: list[dict[str, str]] = []
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[dict[str, str]]:
+        """Collect ``name -> sha256`` of every model and JSON artifact loaded inside the block (what a
+        defense is made of; the evaluation cache keys on it)."""
+        used: dict[str, str] = {}
+        self._recording.append(used)
+        try:
+            yield used
+        finally:
+            self._recording.remove(used)
+
+    def _record(self, name: str, digest: str) -> None:
+        for used in self._recording:
+            used[name] = digest
 
     def _path(self, *parts: str) -> str:
         return "/".join([self._base.rstrip("/"), *parts])
@@ -178,6 +196,7 @@ class ArtifactStore:
         """Load a stored model in eval mode on ``device`` after checking its hash."""
         m = self.manifest(name)
         data = self._verified_bytes(m)
+        self._record(name, m.sha256)
         if m.format is WeightFormat.TORCHSCRIPT:
             model: nn.Module = torch.jit.load(io.BytesIO(data), map_location=device)
         else:
@@ -211,6 +230,7 @@ class ArtifactStore:
         want = self._read(self._path(name, "data.sha256")).decode().strip()
         if sha256_bytes(data) != want:
             raise IntegrityError(f"artifact {name!r}: data.json does not match its sha256; refusing to load")
+        self._record(name, want)
         return json.loads(data)
 
     def has_json(self, name: str) -> bool:

@@ -95,7 +95,7 @@ TINY_BUDGETS = {
     "deepfool": {"max_iter": 2},
     "ead": {"max_iter": 2, "search_steps": 1},
     "square": {"max_iter": 3},
-    "hopskipjump": {"max_iter": 1, "max_eval": 20},
+    "hopskipjump": {"max_iter": 1, "max_eval": 20, "init_eval": 5},
 }
 
 
@@ -112,3 +112,13 @@ def test_every_catalogue_attack_runs_and_stays_in_range(name: str, mnist5k) -> N
     eps = ATTACKS[name].params.get("eps")
     if eps is not None and ATTACKS[name].norm == "linf":
         assert np.abs(adv - x).max() <= eps + 1e-5
+
+
+def test_bpda_clip_forward_clips_backward_is_identity() -> None:
+    from ensdef.defenses.base import bpda_clip
+
+    x = torch.tensor([-0.5, 0.3, 1.7], requires_grad=True)
+    y = bpda_clip(x)
+    assert y.tolist() == pytest.approx([0.0, 0.3, 1.0])
+    (y * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    assert x.grad.tolist() == [1.0, 2.0, 3.0]

@@ -7,6 +7,17 @@ from art.estimators.classification import PyTorchClassifier
 from torch import nn
 
 
+class _Float32(nn.Module):
+    """Casts ART's inputs to float32 (decision-based attacks such as HopSkipJump query in float64)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.float())
+
+
 def art_classifier(
     model: nn.Module,
     input_shape: tuple[int, ...],
@@ -19,7 +30,7 @@ def art_classifier(
     dev = next(iter(model.parameters()), torch.zeros(())).device
     opt = torch.optim.Adam(model.parameters(), lr=lr) if lr is not None else None
     return PyTorchClassifier(
-        model=model.eval(),
+        model=_Float32(model).eval(),
         loss=loss if loss is not None else nn.CrossEntropyLoss(),
         optimizer=opt,
         input_shape=tuple(input_shape),

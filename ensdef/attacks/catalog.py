@@ -170,7 +170,15 @@ def _square(c: Any, t: bool, p: dict[str, Any]) -> Any:
 
 
 def _hsj(c: Any, t: bool, p: dict[str, Any]) -> Any:
-    return HopSkipJump(c, targeted=t, norm=np.inf, max_iter=p["max_iter"], max_eval=p["max_eval"], verbose=False)
+    return HopSkipJump(
+        c,
+        targeted=t,
+        norm=np.inf,
+        max_iter=p["max_iter"],
+        max_eval=p["max_eval"],
+        init_eval=p.get("init_eval", 100),
+        verbose=False,
+    )
 
 
 _CW = {"confidence": 5.0, "lr": 0.01, "max_iter": 100, "search_steps": 5, "c": 0.1}

@@ -51,6 +51,12 @@ class Defense(ABC):
         raise NotImplementedError(f"{self.name} exposes no members")
 
 
+def bpda_clip(x: torch.Tensor) -> torch.Tensor:
+    """Clip to [0, 1] in the forward pass, identity in the backward pass (BPDA, Athalye et al.): clipping's
+    zero gradient outside the box would otherwise hide the direction an attacker needs."""
+    return x + (x.clamp(0, 1) - x).detach()
+
+
 def log_probs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.log_softmax(model(x), dim=1)
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ensdef.defenses.base import Defense, log_probs, plurality
+from ensdef.defenses.base import Defense, bpda_clip, log_probs, plurality
 from ensdef.rng import randn_like
 from ensdef.types import Decision
 
@@ -43,9 +43,9 @@ class DeTDefense(Defense):
 
     def hypercube(self, x: torch.Tensor, g: torch.Generator, samples: int) -> torch.Tensor:
         """``[n, B, C, H, W]``: noise, preliminary reformer, then ``n`` samples around its output."""
-        x2 = self.preliminary((x + self.sigma * randn_like(x, g)).clamp(0, 1))
+        x2 = self.preliminary(bpda_clip(x + self.sigma * randn_like(x, g)))
         rep = x2.unsqueeze(0).expand(samples, *x2.shape)
-        return (rep + self.eps * randn_like(rep, g)).clamp(0, 1)
+        return bpda_clip(rep + self.eps * randn_like(rep, g))
 
     @torch.no_grad()
     def decide(self, x: torch.Tensor, g: torch.Generator) -> list[Decision]:
@@ -56,7 +56,7 @@ class DeTDefense(Defense):
 
     def surrogate(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
         """Mean over reformers (and, with ``g``, over hypercube samples) of the classifier's log-probabilities.
-        ``clamp`` passes gradients inside [0, 1]; with ``g=None`` no noise is drawn."""
+        Clipping is differentiated as the identity (BPDA); with ``g=None`` no noise is drawn."""
         cube = self.preliminary(x).unsqueeze(0) if g is None else self.hypercube(x, g, self.samples)
         flat = cube.flatten(0, 1)
         out = torch.stack([log_probs(self.classifier, r(flat)) for r in self.reformers]).mean(0)
