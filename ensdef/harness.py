@@ -26,12 +26,12 @@ from tqdm.auto import tqdm
 
 from ensdef.attacks.adaptive import adaptive_examples
 from ensdef.attacks.art_classifier import art_classifier
-from ensdef.attacks.cache import AttackCache, cache_key
+from ensdef.attacks.cache import AttackCache, cache_key, module_digest
 from ensdef.attacks.catalog import attack_params, run_attack
 from ensdef.attacks.eot import EOTSurrogate
 from ensdef.attacks.graybox import graybox_examples
 from ensdef.attacks.multi_sample import MeanOfNetworks
-from ensdef.attacks.superimpose import member_examples, superimpose
+from ensdef.attacks.superimpose import fooled_mask, superimpose
 from ensdef.data import Dataset, Split
 from ensdef.defenses.base import Defense
 from ensdef.defenses.registry import build_defense, load_target
@@ -253,23 +253,21 @@ class Harness:
         params = attack_params("deepfool", self.budget("deepfool"))
         base = self._key(defense=name, attack="deepfool", params=params, pool=len(pool))
 
-        def per_member() -> dict[str, torch.Tensor]:  # shared by every k
-            def one(m: torch.nn.Module) -> np.ndarray:
+        def one(m: torch.nn.Module) -> dict[str, torch.Tensor]:  # cached per member: shared by defenses and k
+            def run() -> dict[str, torch.Tensor]:
+                t0 = time.perf_counter()
                 clf = art_classifier(m.eval(), self.data.shape, self.k)
-                return run_attack("deepfool", clf, self.ref.x.numpy(), self.ref.y.numpy(), params)
+                adv = run_attack("deepfool", clf, self.ref.x.numpy(), self.ref.y.numpy(), params)
+                return {"x": torch.from_numpy(adv), "seconds": torch.tensor(time.perf_counter() - t0)}
 
-            t0 = time.perf_counter()
-            advs, fooled = member_examples(pool, self.ref.x, self.ref.y, one)
-            return {
-                "x": torch.from_numpy(np.stack(advs)),
-                "fooled": torch.from_numpy(fooled),
-                "seconds": torch.tensor(time.perf_counter() - t0),
-            }
+            key = {"member": module_digest(m), "params": params, "idx": self.idx}
+            return self.cache.tensors("member-deepfool", key, run)
 
         def make() -> dict:
-            m = self.cache.tensors("member-deepfool", base, per_member)
-            x_si = superimpose(self.ref.x.numpy(), list(m["x"].numpy()), m["fooled"].numpy(), k)
-            adv = {"x": torch.from_numpy(x_si), "seconds": m["seconds"]}
+            runs = [one(m) for m in pool]
+            fooled = fooled_mask(pool, [r["x"] for r in runs], self.ref.y)
+            x_si = superimpose(self.ref.x.numpy(), [r["x"].numpy() for r in runs], fooled, k)
+            adv = {"x": torch.from_numpy(x_si), "seconds": sum(r["seconds"] for r in runs)}
             return self.cell(defense, f"superimpose-{k}", adv, {"members": len(pool), "k": k})
 
         return self.cached_cell(name, f"superimpose-{k}", {**base, "k": k}, make)

@@ -23,6 +23,16 @@ def cache_key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:20]
 
 
+def module_digest(model: torch.nn.Module) -> str:
+    """sha256 of a module's state (parameters and buffers, in order): identifies a member built in memory,
+    such as an exported sampled network or classifier o reformer."""
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
 class AttackCache:
     """Get-or-make for tensors and JSON results. ``enabled=False`` always makes (and never writes)."""
 

@@ -29,4 +29,6 @@ class EOTSurrogate(nn.Module):
             return self.defense.surrogate(x, None)
         gs = [make_generator(self.seed * 1_000_003 + self.calls + i + 1, x.device) for i in range(self.samples)]
         self.calls += self.samples
+        if len(gs) == 1:  # one draw: the plain path computes only the drawn members
+            return self.defense.surrogate(x, gs[0])
         return self.defense.surrogate_many(x, gs).mean(0)

@@ -4,7 +4,7 @@ transfer to many members add up."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -26,14 +26,7 @@ def superimpose(x: np.ndarray, per_member: Sequence[np.ndarray], fooled: np.ndar
     return out.astype(np.float32)
 
 
-def member_examples(
-    members: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, make: Callable[[nn.Module], np.ndarray]
-) -> tuple[list[np.ndarray], np.ndarray]:
-    """``make(member)`` for every member, and ``[M, N]`` whether each example fools its own member."""
-    advs, fooled = [], []
-    for m in members:
-        a = make(m)
-        with torch.no_grad():
-            fooled.append((m(torch.from_numpy(a)).argmax(1) != y).numpy())
-        advs.append(a)
-    return advs, np.stack(fooled)
+@torch.no_grad()
+def fooled_mask(members: Sequence[nn.Module], advs: Sequence[torch.Tensor], y: torch.Tensor) -> np.ndarray:
+    """``[M, N]``: whether member m misclassifies its own examples ``advs[m]`` ``[N, C, H, W]``."""
+    return np.stack([(m(a).argmax(1) != y).numpy() for m, a in zip(members, advs, strict=True)])
