@@ -43,26 +43,31 @@ class AttackCache:
     def model_hashes(self, names: list[str]) -> dict[str, str]:
         return {n: self.store.manifest(n).sha256 for n in names}
 
+    def _get(
+        self,
+        kind: str,
+        parts: dict[str, Any],
+        make: Callable[[], Any],
+        has: Callable[[str], bool],
+        load: Callable[[str], Any],
+        save: Callable[[str, Any], Any],
+    ) -> Any:
+        name = f"cache-{kind}-{cache_key({'kind': kind, **parts})}"
+        if self.enabled and has(name):
+            self.hits += 1
+            return load(name)
+        self.misses += 1
+        out = make()
+        if self.enabled:
+            save(name, out)
+        return out
+
     def tensors(
         self, kind: str, parts: dict[str, Any], make: Callable[[], dict[str, torch.Tensor]]
     ) -> dict[str, torch.Tensor]:
-        name = f"cache-{kind}-{cache_key({'kind': kind, **parts})}"
-        if self.enabled and self.store.has_tensors(name):
-            self.hits += 1
-            return self.store.load_tensors(name)
-        self.misses += 1
-        out = make()
-        if self.enabled:
-            self.store.save_tensors(name, out)
-        return out
+        s = self.store
+        return self._get(kind, parts, make, s.has_tensors, s.load_tensors, s.save_tensors)
 
     def result(self, kind: str, parts: dict[str, Any], make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        name = f"cache-{kind}-{cache_key({'kind': kind, **parts})}"
-        if self.enabled and self.store.has_json(name):
-            self.hits += 1
-            return self.store.load_json(name)
-        self.misses += 1
-        out = make()
-        if self.enabled:
-            self.store.save_json(name, out)
-        return out
+        s = self.store
+        return self._get(kind, parts, make, s.has_json, s.load_json, s.save_json)

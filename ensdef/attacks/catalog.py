@@ -114,32 +114,26 @@ def _cw_linf(c: Any, t: bool, p: dict[str, Any]) -> Any:
     )
 
 
-def _cw_l2(c: Any, t: bool, p: dict[str, Any]) -> Any:
-    return CarliniL2Method(
-        c,
-        confidence=p["confidence"],
-        targeted=t,
-        learning_rate=p["lr"],
-        binary_search_steps=p["search_steps"],
-        max_iter=p["max_iter"],
-        initial_const=p["c"],
-        batch_size=_b(p),
-        verbose=False,
-    )
+def _cw_search(cls: type) -> Builder:
+    """C&W L2 and L0 (same parameters; L0 repeats L2 while it freezes pixels)."""
+
+    def build(c: Any, t: bool, p: dict[str, Any]) -> Any:
+        return cls(
+            c,
+            confidence=p["confidence"],
+            targeted=t,
+            learning_rate=p["lr"],
+            binary_search_steps=p["search_steps"],
+            max_iter=p["max_iter"],
+            initial_const=p["c"],
+            batch_size=_b(p),
+            verbose=False,
+        )
+
+    return build
 
 
-def _cw_l0(c: Any, t: bool, p: dict[str, Any]) -> Any:
-    return CarliniL0Method(
-        c,
-        confidence=p["confidence"],
-        targeted=t,
-        learning_rate=p["lr"],
-        binary_search_steps=p["search_steps"],
-        max_iter=p["max_iter"],
-        initial_const=p["c"],
-        batch_size=_b(p),
-        verbose=False,
-    )
+_cw_l2, _cw_l0 = _cw_search(CarliniL2Method), _cw_search(CarliniL0Method)
 
 
 def _jsma(c: Any, t: bool, p: dict[str, Any]) -> Any:
