@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ensdef.config import ConfigError, to_plain
@@ -229,6 +230,62 @@ def _evaluate(a: argparse.Namespace) -> tuple[Any, int]:
     return out, 1 if failed and a.strict else 0
 
 
+@command("serve")
+def _serve(a: argparse.Namespace) -> tuple[Any, int]:
+    """Hands off to the Ray layer (``deployments.launch``); the library itself never imports Ray."""
+    import importlib
+    import time
+
+    import yaml
+
+    launch = importlib.import_module("deployments.launch")
+    settings_mod = importlib.import_module("deployments.settings")
+    args: dict[str, Any] = {}
+    http, grpc_port = {"host": a.host, "port": a.http_port}, a.grpc_port
+    if a.config:
+        cfg = yaml.safe_load(Path(a.config).read_text())
+        args = dict(cfg["applications"][0].get("args") or {})
+        http = {**http, **(cfg.get("http_options") or {})}
+        grpc_port = (cfg.get("grpc_options") or {}).get("port", grpc_port)
+    for key, value in (
+        ("preset", a.preset),
+        ("store", a.store),
+        ("packing", a.packing),
+        ("admin_token", a.admin_token),
+    ):
+        if value is not None:
+            args[key] = value
+    if a.defenses:
+        args["defenses"] = list(_csv(a.defenses) or ())
+    settings = settings_mod.ServeSettings.from_dict(args)
+    missing = launch.missing_artifacts(settings)
+    if missing and a.train_missing:
+        launch.train_missing(settings, a.data_root)
+        missing = launch.missing_artifacts(settings)
+    if missing and (settings.defenses or len(missing) == len(_registered_defenses())):
+        raise FileNotFoundError(
+            "missing artifacts (run with --train-missing, or `ensdef train`): "
+            + "; ".join(f"{k}: {v}" for k, v in missing.items())
+        )
+    address = launch.connect(a.address, a.num_cpus)
+    ep = launch.deploy(settings, http["host"], int(http["port"]), int(grpc_port))
+    out = {**ep.to_json(), "not_served": missing}
+    print(json.dumps(out, indent=2) if a.json else _render(out), flush=True)
+    if a.detach:
+        return {"detached": True, "ray_address": address}, 0
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return {"stopped": True}, 0
+
+
+def _registered_defenses() -> list[str]:
+    from ensdef.defenses.registry import DEFENSES
+
+    return list(DEFENSES)
+
+
 def _csv(value: str | None) -> tuple[str, ...] | None:
     return None if value is None else tuple(v for v in value.split(",") if v)
 
@@ -333,6 +390,22 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-cache", action="store_true", help="recompute every cell (and write no cache)")
     ev.add_argument("--strict", action="store_true", help="exit 1 when a sanity check fails")
     data_args(ev)
+
+    sv = common(sub.add_parser("serve", help="deploy every defense behind HTTP and gRPC on Ray Serve"))
+    sv.add_argument("--preset", default=None)
+    sv.add_argument("--store", default=None)
+    sv.add_argument("--config", help="a Serve config YAML (deployments/serve.yaml); flags override its args")
+    sv.add_argument("--defenses", help="comma-separated; default: every defense whose artifacts exist")
+    sv.add_argument("--packing", choices=["none", "pool"], default=None)
+    sv.add_argument("--admin-token", default=None)
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--http-port", type=int, default=8000)
+    sv.add_argument("--grpc-port", type=int, default=9000)
+    sv.add_argument("--address", help="Ray address; default: a running cluster, else a new local one")
+    sv.add_argument("--num-cpus", type=float, default=None, help="CPUs of a new local Ray")
+    sv.add_argument("--train-missing", action="store_true", help="train the preset's missing artifacts first")
+    sv.add_argument("--detach", action="store_true", help="return after deploying (needs an external Ray)")
+    data_args(sv)
     return p
 
 

@@ -188,7 +188,8 @@ class Harness:
         params = attack_params(
             c.adaptive_attack, self.budget(c.adaptive_attack, eps=eps, eps_step=step, max_iter=iters)
         )
-        parts = self._key(defense=name, attack=c.adaptive_attack, params=params, eot=c.eot)
+        objective = "worst of detector-aware and untargeted" if defense.can_flag else "untargeted"
+        parts = self._key(defense=name, attack=c.adaptive_attack, params=params, eot=c.eot, objective=objective)
         info: dict[str, Any] = {}
 
         def gen() -> np.ndarray:
@@ -200,7 +201,6 @@ class Harness:
 
         def make() -> dict:
             adv = self.examples("adaptive", parts, gen)
-            objective = "detector-aware" if defense.can_flag else "untargeted"
             return self.cell(
                 defense,
                 "adaptive",

@@ -33,13 +33,27 @@ class Decision:
 
     ``label`` is a class index or :data:`ABSTAIN`; ``flagged`` says the defense believes the input is
     adversarial. ``diagnostics`` (votes, team, p-value, radius, ...) is for operators only and must never
-    carry clean logits.
+    carry clean logits. ``degraded`` says some members did not answer and the vote went on without them.
     """
 
     label: int
     flagged: bool
     diagnostics: Mapping[str, Any] = field(default_factory=dict)
+    degraded: bool = False
 
     @property
     def abstained(self) -> bool:
         return self.label == ABSTAIN
+
+    def to_json(self, diagnostics: bool = False) -> dict[str, Any]:
+        """The served answer: ``label`` (None when abstained), ``flagged``, ``abstained``, ``degraded``, and
+        the diagnostics only when asked (operators)."""
+        out: dict[str, Any] = {
+            "label": None if self.abstained else self.label,
+            "flagged": self.flagged,
+            "abstained": self.abstained,
+            "degraded": self.degraded,
+        }
+        if diagnostics:
+            out["diagnostics"] = dict(self.diagnostics)
+        return out

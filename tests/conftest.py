@@ -33,3 +33,27 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory, mnist5k: Dataset):
     train_pools(preset, mnist5k, store, list(Pool))
     run_selection(store, preset, mnist5k.val)
     return store, preset
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_serve():
+    """One local Ray (2 CPUs) and Serve with HTTP and gRPC proxies, shared by every integration test."""
+    import ray
+    from ray import serve
+
+    from deployments.launch import deploy_proxies, start_local
+
+    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
+    start_local(2, ports["metrics"])
+    deploy_proxies("127.0.0.1", ports["http"], ports["grpc"])
+    yield ports
+    serve.shutdown()
+    ray.shutdown()

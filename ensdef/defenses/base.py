@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ensdef.plans import Plan, run_local
 from ensdef.rng import randint
 from ensdef.types import Decision
 
@@ -22,8 +23,17 @@ class Defense(ABC):
     can_flag: bool = True  # may flag or abstain (attack it with the detector-aware objective)
 
     @abstractmethod
+    def plan(self, x: torch.Tensor, g: torch.Generator, quorum: float = 0.5) -> Plan:
+        """The decision as stages of member jobs (:mod:`ensdef.plans`); randomness only from ``g``."""
+
+    @abstractmethod
+    def named_members(self) -> dict[str, nn.Module]:
+        """Every member the plan calls, by the name its jobs use (the artifact name when built from a store)."""
+
     def decide(self, x: torch.Tensor, g: torch.Generator) -> list[Decision]:
-        """One Decision per input. Replaying with an equally seeded ``g`` gives equal Decisions."""
+        """One Decision per input. Replaying with an equally seeded ``g`` gives equal Decisions, in process
+        or served (the same plan with remote members)."""
+        return run_local(self.plan(x, g), self.named_members())
 
     @abstractmethod
     def surrogate(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:

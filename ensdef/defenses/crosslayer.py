@@ -19,11 +19,11 @@ from enum import Enum
 import torch
 from torch import nn
 
-from ensdef.defenses.base import Defense, log_probs, probs_of
+from ensdef.defenses.base import Defense, log_probs
 from ensdef.defenses.denoising import DenoisingEnsemble
 from ensdef.defenses.verification import OnDisagree, VerificationEnsemble, VoteRule
+from ensdef.plans import Job, Op, Plan, decisions, present
 from ensdef.teams import TeamSelection
-from ensdef.types import Decision
 
 
 class CrossLayerMode(str, Enum):
@@ -61,26 +61,33 @@ class CrossLayerEnsemble(Defense):
         on_disagree: OnDisagree = OnDisagree.REPAIR,
         consensus: float = 0.5,
         num_classes: int = 10,
+        denoiser_names: Sequence[str] | None = None,
+        target_name: str = "target",
     ) -> None:
-        self.denoising = DenoisingEnsemble(denoisers, target, num_classes)
-        self.verification = VerificationEnsemble(target, verifiers, teams, rule, on_disagree)
+        self.denoising = DenoisingEnsemble(denoisers, target, num_classes, denoiser_names, target_name)
+        self.verification = VerificationEnsemble(target, verifiers, teams, rule, on_disagree, target_name)
         self.mode, self.consensus = mode, consensus
         self.name = f"modef-{mode.value}"
 
-    @torch.no_grad()
-    def decide(self, x: torch.Tensor, g: torch.Generator) -> list[Decision]:
+    def plan(self, x: torch.Tensor, g: torch.Generator, quorum: float = 0.5) -> Plan:
         if self.mode is CrossLayerMode.ONE_TO_MANY:
-            dv, image = self.denoising.vote(x, g)
-            label, disagree_flag, team = self.verification.verify(image, g)
-            flagged = dv.flagged | disagree_flag
-        else:
-            team = self.verification.teams.draw(g)
-            members = [self.verification.verifiers[i] for i in team]
-            den = self.denoising.denoise(x)
-            v = many_to_many_vote(torch.stack([probs_of(members, d) for d in den]), self.consensus)
-            label, flagged = v.label, v.flagged
-        names = [self.verification.teams.members[i] for i in team]
-        return [Decision(int(label[i]), bool(flagged[i]), {"team": names}) for i in range(len(x))]
+            dv, image, miss_d = yield from self.denoising.vote_plan(x, g, quorum)
+            label, disagree, names, miss_v = yield from self.verification.verify_plan(image, g, quorum)
+            return decisions(label, dv.flagged | disagree, miss_d or miss_v, lambda i: {"team": names})
+        ver = self.verification
+        names = [ver.teams.members[i] for i in ver.teams.draw(g)]
+        den = yield [Job(n, Op.TRANSFORM, x) for n in self.denoising.names]
+        di, miss_d = present(den, quorum, "denoisers")
+        res = yield [Job(n, Op.PROBS, den[k]) for k in di for n in names]
+        grid = [res[a * len(names) : (a + 1) * len(names)] for a in range(len(di))]  # [Z_D'][Z_V]
+        answered = [None if any(row[b] is None for row in grid) else grid[0][b] for b in range(len(names))]
+        vi, miss_v = present(answered, quorum, "team members")  # a verifier missing in any version is left out
+        v = many_to_many_vote(torch.stack([torch.stack([row[b] for b in vi]) for row in grid]), self.consensus)  # type: ignore[misc]
+        team = [names[b] for b in vi]
+        return decisions(v.label, v.flagged, miss_d or miss_v, lambda i: {"team": team})
+
+    def named_members(self) -> dict[str, nn.Module]:
+        return {**self.denoising.named_members(), **self.verification.named_members()}
 
     def surrogate(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
         return self.voters(x, g).mean(0)

@@ -6,15 +6,15 @@ chosen with the generator; no strict majority flags the input (the label is then
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ensdef.defenses.base import Defense, log_probs, plurality
+from ensdef.plans import Job, Op, Plan, Results, decisions, present, required
 from ensdef.rng import randint
-from ensdef.types import Decision
 
 
 @dataclass(frozen=True)
@@ -40,24 +40,40 @@ class DenoisingEnsemble(Defense):
     name = "denoising"
     randomized = False  # the generator only breaks ties
 
-    def __init__(self, denoisers: Sequence[nn.Module], target: nn.Module, num_classes: int = 10) -> None:
+    def __init__(
+        self,
+        denoisers: Sequence[nn.Module],
+        target: nn.Module,
+        num_classes: int = 10,
+        names: Sequence[str] | None = None,
+        target_name: str = "target",
+    ) -> None:
         self.denoisers, self.target, self.num_classes = list(denoisers), target, num_classes
+        self.names = list(names) if names is not None else [f"denoiser-{i}" for i in range(len(self.denoisers))]
+        self.target_name = target_name
 
     def denoise(self, x: torch.Tensor) -> torch.Tensor:
         """``[Z, B, C, H, W]`` denoised versions of ``x``."""
         return torch.stack([d(x) for d in self.denoisers])
 
-    @torch.no_grad()
-    def vote(self, x: torch.Tensor, g: torch.Generator) -> tuple[DenoiseVote, torch.Tensor]:
-        """The vote and the chosen denoised image per input ``[B, C, H, W]``."""
-        den = self.denoise(x)
-        labels = torch.stack([self.target(d).argmax(1) for d in den])
-        v = denoise_vote(labels, self.num_classes, g)
-        return v, den[v.chosen, torch.arange(x.shape[0], device=x.device)]
+    def vote_plan(
+        self, x: torch.Tensor, g: torch.Generator, quorum: float
+    ) -> Generator[list, Results, tuple[DenoiseVote, torch.Tensor, bool]]:
+        """Stages: every denoiser on ``x``, then the target on every denoised version. Returns the vote, the
+        chosen denoised image per input ``[B, C, H, W]`` and whether a denoiser was missing."""
+        den = yield [Job(n, Op.TRANSFORM, x) for n in self.names]
+        idx, missing = present(den, quorum, "denoisers")
+        labels = yield [Job(self.target_name, Op.LABELS, den[i]) for i in idx]
+        v = denoise_vote(torch.stack([required(r, self.target_name) for r in labels]), self.num_classes, g)
+        images = torch.stack([den[i] for i in idx])  # type: ignore[misc]
+        return v, images[v.chosen, torch.arange(x.shape[0], device=x.device)], missing
 
-    def decide(self, x: torch.Tensor, g: torch.Generator) -> list[Decision]:
-        v, _ = self.vote(x, g)
-        return [Decision(int(v.label[i]), bool(v.flagged[i]), {"votes": v.votes[:, i].tolist()}) for i in range(len(x))]
+    def plan(self, x: torch.Tensor, g: torch.Generator, quorum: float = 0.5) -> Plan:
+        v, _, missing = yield from self.vote_plan(x, g, quorum)
+        return decisions(v.label, v.flagged, missing, lambda i: {"votes": v.votes[:, i].tolist()})
+
+    def named_members(self) -> dict[str, nn.Module]:
+        return {**dict(zip(self.names, self.denoisers, strict=True)), self.target_name: self.target}
 
     def surrogate(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
         return self.voters(x, g).mean(0)

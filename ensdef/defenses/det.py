@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from ensdef.defenses.base import Defense, bpda_clip, log_probs, plurality
+from ensdef.plans import Job, Op, Plan, decisions, present, required
 from ensdef.rng import randn_like
-from ensdef.types import Decision
 
 
 def two_level_vote(labels: torch.Tensor, num_classes: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,22 +37,45 @@ class DeTDefense(Defense):
         eps: float = 0.1,
         samples: int = 10,
         num_classes: int = 10,
+        names: tuple[str, str, Sequence[str]] | None = None,
     ) -> None:
+        """``names``: (classifier, preliminary reformer, reformer list) as the jobs call them."""
         self.classifier, self.preliminary, self.reformers = classifier, preliminary, list(reformers)
         self.sigma, self.eps, self.samples, self.num_classes = sigma, eps, samples, num_classes
+        c, p, rs = names or ("classifier", "preliminary", [f"reformer-{i}" for i in range(len(self.reformers))])
+        self.classifier_name, self.preliminary_name, self.reformer_names = c, p, list(rs)
 
-    def hypercube(self, x: torch.Tensor, g: torch.Generator, samples: int) -> torch.Tensor:
-        """``[n, B, C, H, W]``: noise, preliminary reformer, then ``n`` samples around its output."""
-        x2 = self.preliminary(bpda_clip(x + self.sigma * randn_like(x, g)))
+    def noised(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """``clip(x + sigma N)``, the preliminary reformer's input."""
+        return bpda_clip(x + self.sigma * randn_like(x, g))
+
+    def around(self, x2: torch.Tensor, g: torch.Generator, samples: int) -> torch.Tensor:
+        """``[n, B, C, H, W]``: ``n`` samples ``clip(x2 + eps N)`` in the hypercube around ``x2``."""
         rep = x2.unsqueeze(0).expand(samples, *x2.shape)
         return bpda_clip(rep + self.eps * randn_like(rep, g))
 
-    @torch.no_grad()
-    def decide(self, x: torch.Tensor, g: torch.Generator) -> list[Decision]:
-        cube = self.hypercube(x, g, self.samples).flatten(0, 1)  # [n * B, C, H, W]
-        labels = torch.stack([self.classifier(r(cube)).argmax(1).view(self.samples, len(x)) for r in self.reformers])
-        final, per = two_level_vote(labels, self.num_classes, g)
-        return [Decision(int(final[i]), False, {"per_reformer": per[:, i].tolist()}) for i in range(len(x))]
+    def hypercube(self, x: torch.Tensor, g: torch.Generator, samples: int) -> torch.Tensor:
+        """``[n, B, C, H, W]``: noise, preliminary reformer, then ``n`` samples around its output."""
+        return self.around(self.preliminary(self.noised(x, g)), g, samples)
+
+    def plan(self, x: torch.Tensor, g: torch.Generator, quorum: float = 0.5) -> Plan:
+        """Stages: preliminary reformer, every reformer of the list on the samples, the classifier on each
+        reformer's reconstructions. The classifier and the preliminary reformer have no stand-in."""
+        (x2,) = yield [Job(self.preliminary_name, Op.TRANSFORM, self.noised(x, g))]
+        cube = self.around(required(x2, self.preliminary_name), g, self.samples).flatten(0, 1)  # [n * B, C, H, W]
+        reformed = yield [Job(r, Op.TRANSFORM, cube) for r in self.reformer_names]
+        idx, missing = present(reformed, quorum, "reformers")
+        labels = yield [Job(self.classifier_name, Op.LABELS, reformed[i]) for i in idx]
+        labels = [required(lab, self.classifier_name).view(self.samples, len(x)) for lab in labels]
+        final, per = two_level_vote(torch.stack(labels), self.num_classes, g)
+        return decisions(final, None, missing, lambda i: {"per_reformer": per[:, i].tolist()})
+
+    def named_members(self) -> dict[str, nn.Module]:
+        return {
+            self.classifier_name: self.classifier,
+            self.preliminary_name: self.preliminary,
+            **dict(zip(self.reformer_names, self.reformers, strict=True)),
+        }
 
     def surrogate(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
         """Mean over reformers (and, with ``g``, over hypercube samples) of the classifier's log-probabilities.

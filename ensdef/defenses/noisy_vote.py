@@ -16,8 +16,9 @@ from scipy.stats import binomtest
 from torch import nn
 
 from ensdef.defenses.base import Defense, log_probs
-from ensdef.rng import make_generator, randn_like, spawn_seeds
-from ensdef.types import ABSTAIN, Decision
+from ensdef.plans import Job, Op, Plan, decisions, present, run_job, stacked
+from ensdef.rng import randn_like, spawn_seeds
+from ensdef.types import ABSTAIN
 
 
 def noisy_logits(member: nn.Module, x: torch.Tensor, sigma: float, g: torch.Generator) -> torch.Tensor:
@@ -27,7 +28,7 @@ def noisy_logits(member: nn.Module, x: torch.Tensor, sigma: float, g: torch.Gene
 
 def member_noisy_labels(member: nn.Module, x: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
     """What a member returns to the aggregator: labels ``[B]`` of its noisy logits, noise seeded by ``seed``."""
-    return noisy_logits(member, x, sigma, make_generator(seed, x.device)).argmax(1)
+    return run_job(member, Job("member", Op.NOISY_LABELS, x, seed=seed, sigma=sigma))
 
 
 def vote_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -64,8 +65,10 @@ class NoisyVoteEnsemble(Defense):
         sigma: float = 0.5,
         alpha_rv: float | None = 0.05,
         num_classes: int = 10,
+        names: Sequence[str] | None = None,
     ) -> None:
         self.nets, self.sigma, self.alpha_rv, self.num_classes = list(members), sigma, alpha_rv, num_classes
+        self.names = list(names) if names is not None else [f"tempnet-{i + 1:02d}" for i in range(len(self.nets))]
 
     @torch.no_grad()
     def member_labels(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -81,12 +84,21 @@ class NoisyVoteEnsemble(Defense):
         labels = torch.stack([m(x).argmax(1) for m in self.nets])
         return vote_counts(labels, self.num_classes).argmax(1)
 
-    def decide(self, x: torch.Tensor, g: torch.Generator) -> list[Decision]:
-        rv = rank_verify(vote_counts(self.member_labels(x, g), self.num_classes), self.alpha_rv)
-        return [
-            Decision(int(rv.label[i]), False, {"votes": rv.counts[i].tolist(), "p_value": float(rv.p_value[i])})
-            for i in range(len(x))
+    def plan(self, x: torch.Tensor, g: torch.Generator, quorum: float = 0.5) -> Plan:
+        """One stage: every member labels its own noisy copy (seeds spawned from ``g``, as in
+        :meth:`member_labels`); plurality and rank verification over the members that answered."""
+        seeds = spawn_seeds(g, len(self.nets))
+        res = yield [
+            Job(n, Op.NOISY_LABELS, x, seed=s, sigma=self.sigma) for n, s in zip(self.names, seeds, strict=True)
         ]
+        idx, missing = present(res, quorum, "members")
+        rv = rank_verify(vote_counts(stacked(res, idx), self.num_classes), self.alpha_rv)
+        return decisions(
+            rv.label, None, missing, lambda i: {"votes": rv.counts[i].tolist(), "p_value": float(rv.p_value[i])}
+        )
+
+    def named_members(self) -> dict[str, nn.Module]:
+        return dict(zip(self.names, self.nets, strict=True))
 
     def surrogate(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
         return self.voters(x, g).mean(0)

@@ -55,7 +55,8 @@ def load_teams(store: ArtifactStore, preset: Preset, device: torch.device) -> tu
 
 @register_defense("denoising")
 def _denoising(store: ArtifactStore, preset: Preset, device: torch.device) -> Defense:
-    return DenoisingEnsemble(load_role(store, Role.DENOISER, device)[1], load_target(store, device))
+    names, denoisers = load_role(store, Role.DENOISER, device)
+    return DenoisingEnsemble(denoisers, load_target(store, device), names=names)
 
 
 @register_defense("verification")
@@ -68,9 +69,10 @@ def _verification(store: ArtifactStore, preset: Preset, device: torch.device) ->
 def _crosslayer(mode: CrossLayerMode | None) -> Builder:
     def build(store: ArtifactStore, preset: Preset, device: torch.device) -> Defense:
         teams, verifiers = load_teams(store, preset, device)
+        names, denoisers = load_role(store, Role.DENOISER, device)
         c = preset.modef
         return CrossLayerEnsemble(
-            load_role(store, Role.DENOISER, device)[1],
+            denoisers,
             load_target(store, device),
             verifiers,
             teams,
@@ -78,6 +80,7 @@ def _crosslayer(mode: CrossLayerMode | None) -> Builder:
             c.vote,
             c.on_disagree,
             c.consensus,
+            denoiser_names=names,
         )
 
     return build
@@ -91,8 +94,8 @@ register_defense("modef-mtm")(_crosslayer(CrossLayerMode.MANY_TO_MANY))
 @register_defense("noisy-vote")
 def _noisy_vote(store: ArtifactStore, preset: Preset, device: torch.device) -> Defense:
     c = preset.noisy_vote
-    members = load_role(store, Role.TEMPNET, device)[1]
-    return NoisyVoteEnsemble(members, c.sigma, c.alpha_rv if c.rank_verification else None)
+    names, members = load_role(store, Role.TEMPNET, device)
+    return NoisyVoteEnsemble(members, c.sigma, c.alpha_rv if c.rank_verification else None, names=names)
 
 
 @register_defense("rls")
@@ -100,7 +103,7 @@ def _rls(store: ArtifactStore, preset: Preset, device: torch.device) -> Defense:
     names = [m.name for m in store.by_role(Role.RLS)]
     if not names:
         raise FileNotFoundError(f"no rls artifacts in store {store.root}; train them with `ensdef train --pool rls`")
-    return RLSEnsemble(store.load_model(names[0], device)[0], preset.rls.n)  # type: ignore[arg-type]
+    return RLSEnsemble(store.load_model(names[0], device)[0], preset.rls.n, names[0])  # type: ignore[arg-type]
 
 
 DET_LIST_ARTIFACT = "det-reformer-list"
@@ -119,6 +122,7 @@ def _det(store: ArtifactStore, preset: Preset, device: torch.device) -> Defense:
         c.sigma,
         c.eps,
         c.samples,
+        names=("target", chosen["preliminary"], chosen["list"]),
     )
 
 
@@ -132,7 +136,7 @@ def _baseline(method: str) -> Builder:
         name = f"baseline-{method}"
         if not store.exists(name):
             raise FileNotFoundError(f"no {name} in store {store.root}; train it with `ensdef train --pool baselines`")
-        return SingleModel(store.load_model(name, device)[0], method)
+        return SingleModel(store.load_model(name, device)[0], method, member=name)
 
     return build
 

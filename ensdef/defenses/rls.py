@@ -16,11 +16,11 @@ from ensdef.data import Split
 from ensdef.defenses.base import Defense
 from ensdef.diversity import interrater_agreement
 from ensdef.models.rls import RLSNet
+from ensdef.plans import Job, Op, Plan, decisions, present, stacked
 from ensdef.presets import GroupLossKind as GroupLoss
 from ensdef.presets import TrainConfig
 from ensdef.rng import make_generator
 from ensdef.train import TrainResult, augment, fit
-from ensdef.types import Decision
 
 
 def sampled_probs(net: RLSNet, x: torch.Tensor, paths: torch.Tensor) -> torch.Tensor:
@@ -41,20 +41,24 @@ class RLSEnsemble(Defense):
     name = "rls"
     can_flag = False
 
-    def __init__(self, net: RLSNet, n: int = 10) -> None:
-        self.net, self.n = net.eval(), n
+    def __init__(self, net: RLSNet, n: int = 10, member: str = "rls") -> None:
+        self.net, self.n, self.member = net.eval(), n, member
 
     @torch.no_grad()
     def sampled_labels(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """``[N, B]`` labels of N sampled networks (for the interrater-agreement score)."""
         return sampled_probs(self.net, x, self.net.sample_paths(self.n, g)).argmax(2)
 
-    @torch.no_grad()
-    def decide(self, x: torch.Tensor, g: torch.Generator) -> list[Decision]:
-        paths = self.net.sample_paths(self.n, g)
-        probs = sampled_probs(self.net, x, paths).mean(0)
-        label = probs.argmax(1)
-        return [Decision(int(label[i]), False, {"paths": paths.tolist()}) for i in range(len(x))]
+    def plan(self, x: torch.Tensor, g: torch.Generator, quorum: float = 0.5) -> Plan:
+        """One stage: N sampled networks (one job each, all on the RLS member); probabilities averaged."""
+        paths = self.net.sample_paths(self.n, g).tolist()
+        res = yield [Job(self.member, Op.PATH_PROBS, x, path=tuple(p)) for p in paths]
+        idx, missing = present(res, quorum, "sampled networks")
+        label = stacked(res, idx).mean(0).argmax(1)
+        return decisions(label, None, missing, lambda i: {"paths": [paths[j] for j in idx]})
+
+    def named_members(self) -> dict[str, nn.Module]:
+        return {self.member: self.net}
 
     def surrogate(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
         if g is None:

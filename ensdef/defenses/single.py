@@ -7,20 +7,23 @@ import torch
 from torch import nn
 
 from ensdef.defenses.base import Defense, log_probs
-from ensdef.types import Decision
+from ensdef.plans import Job, Op, Plan, decisions, required
 
 
 class SingleModel(Defense):
     randomized = False
     can_flag = False
 
-    def __init__(self, model: nn.Module, name: str = "target") -> None:
-        self.model, self.name = model, name
+    def __init__(self, model: nn.Module, name: str = "target", member: str | None = None) -> None:
+        self.model, self.name, self.member = model, name, member or name
 
-    @torch.no_grad()
-    def decide(self, x: torch.Tensor, g: torch.Generator) -> list[Decision]:
-        """The argmax label, never flagged; ``g`` is unused."""
-        return [Decision(int(k), False, {}) for k in self.model(x).argmax(1)]
+    def plan(self, x: torch.Tensor, g: torch.Generator, quorum: float = 0.5) -> Plan:
+        """The argmax label, never flagged; ``g`` is unused. No stand-in: a failed model fails the request."""
+        (res,) = yield [Job(self.member, Op.LABELS, x)]
+        return decisions(required(res, self.member), None, False, lambda i: {})
+
+    def named_members(self) -> dict[str, nn.Module]:
+        return {self.member: self.model}
 
     def surrogate(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
         return log_probs(self.model, x)

@@ -3,15 +3,15 @@ target's label by soft vote (Eq. 4) or majority vote; disagreement repairs (team
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from enum import Enum
 
 import torch
 from torch import nn
 
-from ensdef.defenses.base import Defense, log_probs, plurality, probs_of
+from ensdef.defenses.base import Defense, log_probs, plurality
+from ensdef.plans import Job, Op, Plan, Results, decisions, present, required, stacked
 from ensdef.teams import TeamSelection
-from ensdef.types import Decision
 
 
 class VoteRule(str, Enum):
@@ -48,30 +48,37 @@ class VerificationEnsemble(Defense):
         teams: TeamSelection,
         rule: VoteRule = VoteRule.SOFT,
         on_disagree: OnDisagree = OnDisagree.FLAG,
+        target_name: str = "target",
     ) -> None:
+        """``verifiers`` in the order of ``teams.members``, whose names the jobs use."""
         if len(verifiers) != len(teams.members):
             raise ValueError(f"{len(verifiers)} verifiers given, the team selection names {len(teams.members)}")
         self.target, self.verifiers, self.teams = target, list(verifiers), teams
-        self.rule, self.on_disagree = rule, on_disagree
+        self.rule, self.on_disagree, self.target_name = rule, on_disagree, target_name
         self.can_flag = on_disagree is OnDisagree.FLAG
 
     def team(self, g: torch.Generator) -> list[nn.Module]:
         return [self.verifiers[i] for i in self.teams.draw(g)]
 
-    @torch.no_grad()
-    def verify(
-        self, x: torch.Tensor, g: torch.Generator, team: tuple[int, ...] | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
-        """``(label [B], flagged [B], team)`` for inputs ``x`` checked by one drawn team."""
-        team = self.teams.draw(g) if team is None else team
-        votes = team_vote(probs_of([self.verifiers[i] for i in team], x), self.rule, g)
-        label, flagged = check(self.target(x).argmax(1), votes, self.on_disagree)
-        return label, flagged, team
+    def verify_plan(
+        self, x: torch.Tensor, g: torch.Generator, quorum: float
+    ) -> Generator[list, Results, tuple[torch.Tensor, torch.Tensor, list[str], bool]]:
+        """One stage: the target's labels and a drawn team's probabilities on ``x``. Returns ``(label [B],
+        flagged [B], names of the team members that answered, whether one was missing)``."""
+        names = [self.teams.members[i] for i in self.teams.draw(g)]
+        res = yield [Job(self.target_name, Op.LABELS, x), *(Job(n, Op.PROBS, x) for n in names)]
+        target = required(res[0], self.target_name)
+        idx, missing = present(res[1:], quorum, "team members")
+        votes = team_vote(stacked(res[1:], idx), self.rule, g)
+        label, flagged = check(target, votes, self.on_disagree)
+        return label, flagged, [names[i] for i in idx], missing
 
-    def decide(self, x: torch.Tensor, g: torch.Generator) -> list[Decision]:
-        label, flagged, team = self.verify(x, g)
-        names = [self.teams.members[i] for i in team]
-        return [Decision(int(label[i]), bool(flagged[i]), {"team": names}) for i in range(len(x))]
+    def plan(self, x: torch.Tensor, g: torch.Generator, quorum: float = 0.5) -> Plan:
+        label, flagged, names, missing = yield from self.verify_plan(x, g, quorum)
+        return decisions(label, flagged, missing, lambda i: {"team": names})
+
+    def named_members(self) -> dict[str, nn.Module]:
+        return {**dict(zip(self.teams.members, self.verifiers, strict=True)), self.target_name: self.target}
 
     def surrogate(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
         return self.voters(x, g).mean(0)

@@ -1,0 +1,164 @@
+"""Ingress: HTTP (FastAPI through ``@serve.ingress``) and gRPC (Serve's gRPC proxy calls ``Classify`` and
+``ListDefenses`` on this deployment). Parses and validates, asks the defense's router, answers. Every bad
+input is a 4xx / INVALID_ARGUMENT with a message; below quorum is 503 / UNAVAILABLE.
+
+Per-client query counts (the signal of a query-based attack) are exported per client id: the
+``X-Client-Id`` header or gRPC metadata ``client-id``, else the peer address.
+"""
+
+# no `from __future__ import annotations`: FastAPI must see the real Request annotation
+import json
+import logging
+import secrets
+from typing import Any
+
+import grpc
+import torch
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve.grpc_util import RayServegRPCContext
+from ray.serve.handle import DeploymentHandle
+from ray.serve.metrics import Counter
+
+from deployments.router import Verdict
+from ensdef.proto import ensdef_pb2
+from ensdef.validation import InvalidInput, Limits, from_image_file, from_raw, parse_json
+
+log = logging.getLogger(__name__)
+app = FastAPI(
+    title="ensdef",
+    description="Image classification behind ensemble defenses against adversarial examples.",
+    version="1",
+)
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/gif", "application/octet-stream")
+
+
+class Unknown(LookupError):
+    pass
+
+
+def _fail(ctx: RayServegRPCContext, code: grpc.StatusCode, details: str) -> ensdef_pb2.ClassifyResponse:
+    ctx.set_code(code)
+    ctx.set_details(details)
+    return ensdef_pb2.ClassifyResponse()
+
+
+@serve.deployment
+@serve.ingress(app)
+class Ingress:
+    def __init__(
+        self, routers: dict[str, DeploymentHandle], shape: list[int], max_images: int, max_bytes: int, admin_token: str
+    ) -> None:
+        self.routers = routers
+        self.limits = Limits((int(shape[0]), int(shape[1]), int(shape[2])), max_images, max_bytes)
+        self.admin_token = admin_token
+        self.queries = Counter("ensdef_client_queries", description="images per client", tag_keys=("client",))
+        self.bad = Counter("ensdef_bad_requests", description="refused requests", tag_keys=("reason",))
+
+    # --- shared -----------------------------------------------------------------------------------------
+    def _admin(self, token: str | None) -> bool:
+        return bool(self.admin_token) and bool(token) and secrets.compare_digest(token, self.admin_token)
+
+    def _seed(self, seed: Any, admin: bool) -> int:
+        """Fresh randomness per request; a caller-chosen seed would let an attacker fix it (admin only)."""
+        if seed is None:
+            return secrets.randbits(62)
+        if not admin:
+            raise PermissionError("'seed' needs the admin token")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise InvalidInput("'seed' must be a non-negative integer below 2**63")
+        return seed
+
+    async def _decide(self, defense: str, x: torch.Tensor, seed: int, client: str) -> Verdict:
+        if defense not in self.routers:
+            raise Unknown(f"unknown defense {defense!r}; served: {', '.join(sorted(self.routers))}")
+        self.queries.inc(len(x), tags={"client": client})
+        return await self.routers[defense].classify.remote(x, seed)
+
+    # --- HTTP -------------------------------------------------------------------------------------------
+    @app.get("/healthz")
+    def healthz(self) -> dict[str, Any]:
+        return {"status": "ok", "defenses": sorted(self.routers)}
+
+    @app.get("/v1/defenses")
+    def defenses(self) -> dict[str, Any]:
+        c, h, w = self.limits.shape
+        return {
+            "defenses": sorted(self.routers),
+            "input": {"shape": [c, h, w], "range": [0, 1], "max_images": self.limits.max_images},
+        }
+
+    @app.post("/v1/{defense}/classify")
+    async def classify(self, defense: str, request: Request) -> JSONResponse:
+        """Body: JSON ``{"images": nested lists}`` or ``{"npy": base64 .npy}`` (optional ``"seed"``, admin
+        only), or one image file (``Content-Type: image/png``). Header ``X-Admin-Token`` adds diagnostics."""
+        admin = self._admin(request.headers.get("x-admin-token"))
+        client = request.headers.get("x-client-id") or (request.client.host if request.client else "unknown")
+        try:
+            declared = request.headers.get("content-length")
+            if declared is not None and declared.isdigit() and int(declared) > 2 * self.limits.max_bytes:
+                raise InvalidInput(f"payload of {declared} bytes exceeds the limit of {self.limits.max_bytes} bytes")
+            raw = await request.body()
+            kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if kind in IMAGE_TYPES:
+                x, seed = from_image_file(raw, self.limits), None
+            elif kind in ("application/json", ""):
+                if len(raw) > 2 * self.limits.max_bytes:  # JSON numbers take about twice their binary size
+                    raise InvalidInput(f"JSON body of {len(raw)} bytes exceeds the limit")
+                try:
+                    body = json.loads(raw)
+                except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                    raise InvalidInput(f"malformed JSON ({e})") from None
+                x = parse_json(
+                    {k: v for k, v in body.items() if k != "seed"} if isinstance(body, dict) else body, self.limits
+                )
+                seed = body.get("seed")
+            else:
+                raise HTTPException(415, f"unsupported content type {kind!r}; send JSON or an image file")
+            verdict = await self._decide(defense, x, self._seed(seed, admin), client)
+        except InvalidInput as e:
+            self.bad.inc(1, tags={"reason": "invalid"})
+            raise HTTPException(422 if "exceeds" not in str(e) else 413, str(e)) from None
+        except PermissionError as e:
+            raise HTTPException(403, str(e)) from None
+        except Unknown as e:
+            raise HTTPException(404, str(e)) from None
+        if verdict.unavailable:
+            raise HTTPException(503, f"{defense}: {verdict.unavailable}")
+        return JSONResponse({"defense": defense, "answers": [d.to_json(admin) for d in verdict.decisions]})
+
+    # --- gRPC -------------------------------------------------------------------------------------------
+    async def Classify(  # noqa: N802  (the RPC's name)
+        self, request: ensdef_pb2.ClassifyRequest, grpc_context: RayServegRPCContext
+    ) -> ensdef_pb2.ClassifyResponse:
+        admin = self._admin(request.admin_token)
+        meta = dict(grpc_context.invocation_metadata())
+        client = str(meta.get("client-id") or grpc_context.peer())
+        try:
+            x = from_raw(request.tensor, list(request.shape), request.dtype, self.limits)
+            seed = self._seed(request.seed if request.HasField("seed") else None, admin)
+            verdict = await self._decide(request.defense, x, seed, client)
+        except InvalidInput as e:
+            self.bad.inc(1, tags={"reason": "invalid"})
+            return _fail(grpc_context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except PermissionError as e:
+            return _fail(grpc_context, grpc.StatusCode.PERMISSION_DENIED, str(e))
+        except Unknown as e:
+            return _fail(grpc_context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        if verdict.unavailable:
+            return _fail(grpc_context, grpc.StatusCode.UNAVAILABLE, f"{request.defense}: {verdict.unavailable}")
+        answers = []
+        for d in verdict.decisions:
+            a = ensdef_pb2.Answer(flagged=d.flagged, abstained=d.abstained, degraded=d.degraded)
+            if not d.abstained:
+                a.label = d.label
+            if admin:
+                a.diagnostics_json = json.dumps(dict(d.diagnostics))
+            answers.append(a)
+        return ensdef_pb2.ClassifyResponse(defense=request.defense, answers=answers)
+
+    async def ListDefenses(  # noqa: N802
+        self, request: ensdef_pb2.ListDefensesRequest, grpc_context: RayServegRPCContext
+    ) -> ensdef_pb2.ListDefensesResponse:
+        return ensdef_pb2.ListDefensesResponse(defenses=sorted(self.routers))

@@ -1,0 +1,74 @@
+"""Member deployment: a replica hosts one trained model (or, packed, several members of one pool), loaded from
+the artifact store by name with its hash checked, and answers batches of plan jobs.
+
+``@serve.batch`` gathers the jobs of concurrent requests; jobs for the same member and operation run as one
+forward pass. A NOISY_LABELS job draws its noise from its own seed before batching, so the answer does not
+depend on which requests happened to share the batch. CUDA when the replica was given a GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+
+import ray
+import torch
+from ray import serve
+from ray.serve.metrics import Histogram
+
+from ensdef.plans import Job, Op, noisy_input, run_job
+from ensdef.store import ArtifactStore
+
+log = logging.getLogger(__name__)
+
+
+def _device() -> torch.device:
+    return torch.device("cuda") if ray.get_gpu_ids() and torch.cuda.is_available() else torch.device("cpu")
+
+
+def _prepared(job: Job, device: torch.device) -> Job:
+    """The job on ``device``; noisy jobs get their noise now (from their seed) and become clean label jobs."""
+    job = Job(job.member, job.op, job.x.to(device), job.seed, job.sigma, job.path)
+    if job.op is Op.NOISY_LABELS:
+        return Job(job.member, Op.LABELS, noisy_input(job))
+    return job
+
+
+@serve.deployment
+class MemberHost:
+    def __init__(self, store: str, members: list[str], max_batch_size: int, batch_wait_timeout_s: float) -> None:
+        self.device = _device()
+        s = ArtifactStore(store)
+        self.models = {n: s.load_model(n, self.device)[0] for n in members}
+        self.run.set_max_batch_size(max_batch_size)
+        self.run.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self.batch_sizes = Histogram(
+            "ensdef_member_batch_size",
+            description="requests per member batch",
+            boundaries=[1, 2, 4, 8, 16, 32, 64, 128],
+            tag_keys=("host",),
+        )
+        self.host = "+".join(members) if len(members) <= 3 else f"{members[0]}+{len(members) - 1}"
+        log.info("member host %s on %s", members, self.device)
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
+    async def run(self, requests: list[list[Job]]) -> list[list[torch.Tensor]]:
+        """Per request, one result per job (on CPU). Jobs with the same member, op and path share a pass."""
+        t0 = time.perf_counter()
+        jobs = [(r, j, _prepared(job, self.device)) for r, req in enumerate(requests) for j, job in enumerate(req)]
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for k, (_, _, job) in enumerate(jobs):
+            groups[(job.member, job.op, job.path)].append(k)
+        out: list[list[torch.Tensor]] = [[None] * len(req) for req in requests]  # type: ignore[list-item]
+        for (member, op, path), ks in groups.items():
+            xs = [jobs[k][2].x for k in ks]
+            res = run_job(self.models[member], Job(member, op, torch.cat(xs), path=path)).cpu()
+            for k, part in zip(ks, res.split([len(x) for x in xs]), strict=True):
+                out[jobs[k][0]][jobs[k][1]] = part
+        self.batch_sizes.observe(len(requests), tags={"host": self.host})
+        log.debug("batch of %d requests in %.1f ms", len(requests), 1e3 * (time.perf_counter() - t0))
+        return out
+
+    def members(self) -> list[str]:
+        return sorted(self.models)

@@ -1,0 +1,121 @@
+"""Defense router: runs one defense's decision plan (``ensdef.plans``) with its jobs fanned out to the member
+deployments. It holds no defense math: the plan, the aggregation functions and the random draws are the
+library's, so a served answer equals ``defense.decide(x, make_generator(seed))``.
+
+Each stage sends one request per member host (``asyncio`` tasks) and waits until the request's deadline; a
+host that fails or misses it contributes ``None`` for its jobs, which the plan turns into a degraded vote or,
+below quorum, into :class:`~ensdef.plans.QuorumLost` (answered as unavailable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from ray.serve.metrics import Counter, Histogram
+
+from ensdef.defenses.registry import build_defense
+from ensdef.plans import Job, QuorumLost, Results
+from ensdef.presets import load_preset
+from ensdef.rng import make_generator
+from ensdef.store import ArtifactStore
+from ensdef.types import Decision
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a router returns: Decisions, or why there are none (``unavailable``)."""
+
+    decisions: list[Decision]
+    unavailable: str = ""
+
+
+@serve.deployment
+class Router:
+    def __init__(
+        self,
+        defense: str,
+        preset: str,
+        store: str,
+        hosts: dict[str, DeploymentHandle],
+        host_of: dict[str, str],
+        deadline_s: float,
+        quorum: float,
+    ) -> None:
+        self.name = defense
+        self.defense = build_defense(defense, ArtifactStore(store), load_preset(preset), "cpu")
+        self.hosts, self.host_of = hosts, host_of
+        self.deadline_s, self.quorum = deadline_s, quorum
+        tags = ("defense",)
+        self.requests = Counter("ensdef_requests", description="classified images", tag_keys=tags)
+        self.flagged = Counter("ensdef_flagged", description="flagged images", tag_keys=tags)
+        self.abstained = Counter("ensdef_abstained", description="abstained images", tag_keys=tags)
+        self.degraded = Counter("ensdef_degraded", description="images answered by a degraded vote", tag_keys=tags)
+        self.unavailable = Counter("ensdef_unavailable", description="requests below quorum", tag_keys=tags)
+        self.member_latency = Histogram(
+            "ensdef_member_latency_ms",
+            description="member host round trip per stage",
+            boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000],
+            tag_keys=("defense", "host"),
+        )
+
+    async def classify(self, x: torch.Tensor, seed: int) -> Verdict:
+        """Decisions for ``x`` ``[B, C, H, W]`` with the request's randomness drawn from ``seed``."""
+        plan = self.defense.plan(x, make_generator(seed), self.quorum)
+        end = time.monotonic() + self.deadline_s
+        tags = {"defense": self.name}
+        try:
+            jobs = next(plan)
+            while True:
+                jobs = plan.send(await self._fan_out(jobs, end))
+        except StopIteration as done:
+            out: list[Decision] = done.value
+        except QuorumLost as e:
+            self.unavailable.inc(1, tags=tags)
+            return Verdict([], str(e))
+        for counter, n in (
+            (self.requests, len(out)),
+            (self.flagged, sum(d.flagged for d in out)),
+            (self.abstained, sum(d.abstained for d in out)),
+            (self.degraded, sum(d.degraded for d in out)),
+        ):
+            if n:  # Ray counters refuse increments of 0
+                counter.inc(n, tags=tags)
+        return Verdict(out)
+
+    async def _call(self, host: str, jobs: list[Job]) -> list[torch.Tensor]:
+        t0 = time.perf_counter()
+        res = await self.hosts[host].run.remote(jobs)
+        self.member_latency.observe(1e3 * (time.perf_counter() - t0), tags={"defense": self.name, "host": host})
+        return res
+
+    async def _fan_out(self, jobs: list[Job], end: float) -> Results:
+        by_host: dict[str, list[int]] = defaultdict(list)
+        for i, job in enumerate(jobs):
+            by_host[self.host_of[job.member]].append(i)
+        tasks = {h: asyncio.ensure_future(self._call(h, [jobs[i] for i in idx])) for h, idx in by_host.items()}
+        done, pending = await asyncio.wait(tasks.values(), timeout=max(end - time.monotonic(), 0.0))
+        for t in pending:
+            t.cancel()
+        results: Results = [None] * len(jobs)
+        for h, t in tasks.items():
+            if t in done and t.exception() is None:
+                for i, r in zip(by_host[h], t.result(), strict=True):
+                    results[i] = r
+            elif t in done:
+                log.warning("%s: host %s failed: %s", self.name, h, t.exception())
+            else:
+                log.warning("%s: host %s missed the deadline", self.name, h)
+        return results
+
+    def members(self) -> dict[str, Any]:
+        return {"defense": self.name, "members": sorted(self.defense.named_members())}

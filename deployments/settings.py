@@ -1,0 +1,92 @@
+"""Serve settings: the ``args`` of the application in a Serve config YAML (``serve deploy``) or of
+``ensdef serve``, parsed into typed dataclasses. Unknown keys are errors."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
+from typing import Any
+
+
+class Packing(str, Enum):
+    NONE = "none"  # one deployment per member: the cluster layout (one actor per model)
+    POOL = "pool"  # one deployment per pool (role) hosting all its members: small machines
+
+
+@dataclass(frozen=True)
+class MemberOptions:
+    """Replica options of a member deployment. ``resources`` are Ray custom resources (node pinning)."""
+
+    num_cpus: float = 0.1
+    num_gpus: float = 0.0
+    resources: dict[str, float] = field(default_factory=dict)
+    num_replicas: int = 1
+    max_batch_size: int = 64
+    batch_wait_timeout_s: float = 0.002
+
+    def actor_options(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        if self.resources:
+            out["resources"] = dict(self.resources)
+        return out
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    preset: str = "mnist5k"
+    store: str = "artifacts"
+    defenses: tuple[str, ...] = ()  # empty: every registered defense whose artifacts are in the store
+    packing: Packing = Packing.POOL
+    unpacked: tuple[str, ...] = ()  # roles or member names that get one deployment per member even when packed
+    members: MemberOptions = field(default_factory=MemberOptions)
+    overrides: dict[str, MemberOptions] = field(default_factory=dict)  # by member name or role (pool name)
+    router_num_cpus: float = 0.05
+    ingress_num_cpus: float = 0.05
+    deadline_s: float = 10.0  # per request, over every fan-out stage
+    quorum: float = 0.5  # more than this fraction of a stage's voters must answer
+    max_images: int = 64
+    max_bytes: int = 8_000_000
+    admin_token: str = ""  # empty: diagnostics and fixed seeds are off
+    application: str = "ensdef"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> ServeSettings:
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        if unknown := sorted(set(d) - known):
+            raise ValueError(f"unknown serve settings {unknown}; known: {sorted(known)}")
+        if "packing" in d:
+            d["packing"] = Packing(d["packing"])
+        if "members" in d:
+            d["members"] = _options(d["members"])
+        if "overrides" in d:
+            d["overrides"] = {k: _options(v) for k, v in d["overrides"].items()}
+        for key in ("defenses", "unpacked"):
+            if key in d:
+                d[key] = tuple(d[key])
+        if not 0 <= float(d.get("quorum", 0.5)) < 1:
+            raise ValueError("quorum must lie in [0, 1)")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["packing"] = self.packing.value
+        out["defenses"], out["unpacked"] = list(self.defenses), list(self.unpacked)
+        return out
+
+    def options_for(self, member: str, role: str) -> MemberOptions:
+        return self.overrides.get(member) or self.overrides.get(role) or self.members
+
+    def host_name(self, member: str, role: str) -> str:
+        """The deployment that hosts ``member``: its own, or its pool's when packed."""
+        alone = self.packing is Packing.NONE or member in self.unpacked or role in self.unpacked
+        return f"member-{member}" if alone else f"pool-{role}"
+
+
+def _options(d: dict[str, Any] | MemberOptions) -> MemberOptions:
+    if isinstance(d, MemberOptions):
+        return d
+    known = {f.name for f in fields(MemberOptions)}
+    if unknown := sorted(set(d) - known):
+        raise ValueError(f"unknown member options {unknown}; known: {sorted(known)}")
+    return MemberOptions(**d)

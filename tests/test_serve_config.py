@@ -1,0 +1,84 @@
+"""The Serve config and gRPC stubs without starting Ray: the YAML passes Ray's own schema and our settings
+parser, the committed gRPC modules equal a fresh generation, and packing decides the member layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deployments.settings import Packing, ServeSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_serve_yaml_passes_rays_schema_and_our_settings() -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    cfg = yaml.safe_load((ROOT / "deployments" / "serve.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(cfg)
+    [app] = schema.applications
+    assert app.import_path == "deployments.app:build_app"
+    s = ServeSettings.from_dict(app.args)
+    assert s.packing is Packing.POOL and s.members.num_cpus == 0.1
+    assert "ensdef.proto.ensdef_pb2_grpc.add_EnsdefServicer_to_server" in cfg["grpc_options"]["grpc_servicer_functions"]
+
+
+def test_settings_refuse_unknown_keys_and_bad_values() -> None:
+    with pytest.raises(ValueError, match="unknown serve settings"):
+        ServeSettings.from_dict({"stroe": "x"})
+    with pytest.raises(ValueError, match="unknown member options"):
+        ServeSettings.from_dict({"members": {"gpus": 1}})
+    with pytest.raises(ValueError, match="quorum"):
+        ServeSettings.from_dict({"quorum": 1.5})
+    with pytest.raises(ValueError):
+        ServeSettings.from_dict({"packing": "tight"})
+    s = ServeSettings.from_dict({"overrides": {"tempnet": {"num_gpus": 0.1, "resources": {"gpu_node": 0.01}}}})
+    assert s.options_for("tempnet-01", "tempnet").actor_options() == {
+        "num_cpus": 0.1,
+        "num_gpus": 0.1,
+        "resources": {"gpu_node": 0.01},
+    }
+    assert ServeSettings.from_dict(s.to_dict()) == s
+
+
+def test_committed_grpc_modules_equal_a_fresh_generation(tmp_path) -> None:
+    from ensdef.proto.generate import generate
+
+    for fresh in generate(tmp_path):
+        committed = ROOT / "ensdef" / "proto" / fresh.name
+        assert fresh.read_text() == committed.read_text(), f"{fresh.name} is stale: run python -m ensdef.proto.generate"
+
+
+def test_packing_decides_the_layout(tiny_store) -> None:
+    from deployments.app import layout, served_defenses
+
+    store, _ = tiny_store
+    base = {"store": str(store.root), "preset": str(ROOT / "tests" / "fixtures" / "tiny.yaml")}
+    members = {m for ms in served_defenses(ServeSettings.from_dict(base)).values() for m in ms}
+    pooled = layout(ServeSettings.from_dict(base), members)
+    assert set(pooled) == {
+        "pool-target",
+        "pool-verifier",
+        "pool-denoiser",
+        "pool-reformer",
+        "pool-tempnet",
+        "pool-rls",
+        "pool-baseline",
+    }
+    alone = layout(ServeSettings.from_dict({**base, "packing": "none"}), members)
+    assert len(alone) == len(members) and all(len(v) == 1 for v in alone.values())
+    mixed = layout(ServeSettings.from_dict({**base, "unpacked": ["tempnet"]}), members)
+    assert "pool-tempnet" not in mixed and "member-tempnet-01" in mixed and "pool-verifier" in mixed
+
+
+def test_the_library_never_imports_ray() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ensdef.cli, ensdef.harness, ensdef.plans, ensdef.client, ensdef.validation, ensdef.pools;"
+        "import ensdef.defenses.registry; assert 'ray' not in sys.modules, 'ray imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
