@@ -39,8 +39,11 @@ class _TwoVoters(Defense):
     randomized = False
     P = torch.tensor([[0.5, 0.3, 0.2], [0.6, 0.2, 0.2]])
 
-    def decide(self, x, g):  # pragma: no cover - not used
+    def plan(self, x, g, quorum=0.5):  # pragma: no cover - not used
         raise NotImplementedError
+
+    def named_members(self):  # pragma: no cover - not used
+        return {}
 
     def surrogate(self, x, g=None):
         return self.voters(x, g).mean(0)
@@ -122,3 +125,16 @@ def test_bpda_clip_forward_clips_backward_is_identity() -> None:
     assert y.tolist() == pytest.approx([0.0, 0.3, 1.0])
     (y * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
     assert x.grad.tolist() == [1.0, 2.0, 3.0]
+
+
+def test_worst_case_keeps_per_image_the_candidate_that_beats_the_defense() -> None:
+    from ensdef.attacks.adaptive import worst_case
+    from ensdef.defenses.single import SingleModel
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2, 2, bias=False))
+    net[1].weight.data = torch.eye(2)  # the label is the brighter of the two pixels
+    y = np.array([0, 0])
+    a = np.float32([[[[0.9, 0.1]]], [[[0.2, 0.8]]]])  # image 0 still correct, image 1 fooled
+    b = np.float32([[[[0.1, 0.9]]], [[[0.7, 0.3]]]])  # image 0 fooled, image 1 still correct
+    out = worst_case(SingleModel(net), [a, b], y, 0)
+    assert out[0].tolist() == b[0].tolist() and out[1].tolist() == a[1].tolist()
