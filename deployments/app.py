@@ -16,7 +16,7 @@ from ray.serve import Application
 from deployments.ingress import Ingress
 from deployments.member import MemberHost
 from deployments.router import Router
-from deployments.settings import ServeSettings
+from deployments.settings import Packing, ServeSettings
 from ensdef.defenses.registry import DEFENSES, build_defense
 from ensdef.presets import load_preset
 from ensdef.store import ArtifactStore
@@ -67,15 +67,24 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     for h, ms in hosts_members.items():
         opt = s.options_for(ms[0] if h.startswith("member-") else h, store.manifest(ms[0]).role.value)
         hosts[h] = MemberHost.options(
-            name=h, num_replicas=opt.num_replicas, ray_actor_options=opt.actor_options()
-        ).bind(s.store, ms, opt.max_batch_size, opt.batch_wait_timeout_s)
+            name=h,
+            num_replicas=opt.num_replicas,
+            ray_actor_options=opt.actor_options(),
+            max_ongoing_requests=s.max_ongoing_requests,
+        ).bind(s.store, ms, opt.max_batch_size, opt.batch_wait_timeout_s, opt.max_pass_images)
+    # one router per defense; packed, one replica routes for every defense (each replica imports torch)
+    groups = {"all": list(defenses)} if s.packing is Packing.POOL else {d: [d] for d in defenses}
     routers = {}
-    for d, ms in defenses.items():
+    for g, ds in groups.items():
+        ms = sorted({m for d in ds for m in defenses[d]})
         used = sorted({host_of[m] for m in ms})
-        routers[d] = Router.options(name=f"router-{d}", ray_actor_options={"num_cpus": s.router_num_cpus}).bind(
-            d, s.preset, s.store, {h: hosts[h] for h in used}, {m: host_of[m] for m in ms}, s.deadline_s, s.quorum
-        )
+        router = Router.options(
+            name=f"router-{g}",
+            ray_actor_options={"num_cpus": s.router_num_cpus},
+            max_ongoing_requests=s.max_ongoing_requests,
+        ).bind(ds, s.preset, s.store, {h: hosts[h] for h in used}, {m: host_of[m] for m in ms}, s.deadline_s, s.quorum)
+        routers.update({d: router for d in ds})
     shape = store.manifest(next(iter(host_of))).input_shape
-    return Ingress.options(ray_actor_options={"num_cpus": s.ingress_num_cpus}).bind(
-        routers, list(shape), s.max_images, s.max_bytes, s.admin_token
-    )
+    return Ingress.options(
+        ray_actor_options={"num_cpus": s.ingress_num_cpus}, max_ongoing_requests=s.max_ongoing_requests
+    ).bind(routers, list(shape), s.max_images, s.max_bytes, s.admin_token)

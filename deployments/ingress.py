@@ -74,7 +74,7 @@ class Ingress:
         if defense not in self.routers:
             raise Unknown(f"unknown defense {defense!r}; served: {', '.join(sorted(self.routers))}")
         self.queries.inc(len(x), tags={"client": client})
-        return await self.routers[defense].classify.remote(x, seed)
+        return await self.routers[defense].classify.remote(defense, x, seed)
 
     # --- HTTP -------------------------------------------------------------------------------------------
     @app.get("/healthz")

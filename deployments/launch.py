@@ -25,12 +25,17 @@ SERVICER = "ensdef.proto.ensdef_pb2_grpc.add_EnsdefServicer_to_server"
 SMALL_MACHINE_ENV = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "60"}
 
 
-def start_local(num_cpus: float | None = None, metrics_port: int | None = None) -> None:
+def start_local(
+    num_cpus: float | None = None, metrics_port: int | None = None, object_store_mb: int | None = None
+) -> None:
     """A new local Ray with Serve timeouts that hold on small, busy machines; Prometheus metrics on
-    ``metrics_port`` (Ray picks one when None)."""
+    ``metrics_port`` (Ray picks one when None); an object store of ``object_store_mb`` (Ray's default: 30% of
+    memory)."""
     for k, v in SMALL_MACHINE_ENV.items():
         os.environ.setdefault(k, v)
-    extra = {"_metrics_export_port": metrics_port} if metrics_port else {}
+    extra: dict[str, int] = {"_metrics_export_port": metrics_port} if metrics_port else {}
+    if object_store_mb:
+        extra["object_store_memory"] = object_store_mb * 2**20
     ray.init(num_cpus=num_cpus, log_to_driver=False, **extra)
 
 

@@ -37,8 +37,10 @@ def _prepared(job: Job, device: torch.device) -> Job:
 
 @serve.deployment
 class MemberHost:
-    def __init__(self, store: str, members: list[str], max_batch_size: int, batch_wait_timeout_s: float) -> None:
-        self.device = _device()
+    def __init__(
+        self, store: str, members: list[str], max_batch_size: int, batch_wait_timeout_s: float, max_pass_images: int
+    ) -> None:
+        self.device, self.max_pass_images = _device(), max_pass_images
         s = ArtifactStore(store)
         self.models = {n: s.load_model(n, self.device)[0] for n in members}
         self.run.set_max_batch_size(max_batch_size)
@@ -63,7 +65,8 @@ class MemberHost:
         out: list[list[torch.Tensor]] = [[None] * len(req) for req in requests]  # type: ignore[list-item]
         for (member, op, path), ks in groups.items():
             xs = [jobs[k][2].x for k in ks]
-            res = run_job(self.models[member], Job(member, op, torch.cat(xs), path=path)).cpu()
+            chunks = torch.cat(xs).split(self.max_pass_images)  # bounds activation memory of merged batches
+            res = torch.cat([run_job(self.models[member], Job(member, op, c, path=path)).cpu() for c in chunks])
             for k, part in zip(ks, res.split([len(x) for x in xs]), strict=True):
                 out[jobs[k][0]][jobs[k][1]] = part
         self.batch_sizes.observe(len(requests), tags={"host": self.host})

@@ -1,6 +1,7 @@
-"""Defense router: runs one defense's decision plan (``ensdef.plans``) with its jobs fanned out to the member
-deployments. It holds no defense math: the plan, the aggregation functions and the random draws are the
-library's, so a served answer equals ``defense.decide(x, make_generator(seed))``.
+"""Defense router: runs a defense's decision plan (``ensdef.plans``) with its jobs fanned out to the member
+deployments. A replica routes for one defense or, packed (small machines), for several. It holds no defense
+math: the plan, the aggregation functions and the random draws are the library's, so a served answer equals
+``defense.decide(x, make_generator(seed))``.
 
 Each stage sends one request per member host (``asyncio`` tasks) and waits until the request's deadline; a
 host that fails or misses it contributes ``None`` for its jobs, which the plan turns into a degraded vote or,
@@ -43,7 +44,7 @@ class Verdict:
 class Router:
     def __init__(
         self,
-        defense: str,
+        defenses: list[str],
         preset: str,
         store: str,
         hosts: dict[str, DeploymentHandle],
@@ -51,8 +52,8 @@ class Router:
         deadline_s: float,
         quorum: float,
     ) -> None:
-        self.name = defense
-        self.defense = build_defense(defense, ArtifactStore(store), load_preset(preset), "cpu")
+        st, pr = ArtifactStore(store), load_preset(preset)
+        self.defenses = {d: build_defense(d, st, pr, "cpu") for d in defenses}
         self.hosts, self.host_of = hosts, host_of
         self.deadline_s, self.quorum = deadline_s, quorum
         tags = ("defense",)
@@ -68,15 +69,15 @@ class Router:
             tag_keys=("defense", "host"),
         )
 
-    async def classify(self, x: torch.Tensor, seed: int) -> Verdict:
-        """Decisions for ``x`` ``[B, C, H, W]`` with the request's randomness drawn from ``seed``."""
-        plan = self.defense.plan(x, make_generator(seed), self.quorum)
+    async def classify(self, defense: str, x: torch.Tensor, seed: int) -> Verdict:
+        """``defense``'s Decisions for ``x`` ``[B, C, H, W]`` with the request's randomness drawn from ``seed``."""
+        plan = self.defenses[defense].plan(x, make_generator(seed), self.quorum)
         end = time.monotonic() + self.deadline_s
-        tags = {"defense": self.name}
+        tags = {"defense": defense}
         try:
             jobs = next(plan)
             while True:
-                jobs = plan.send(await self._fan_out(jobs, end))
+                jobs = plan.send(await self._fan_out(defense, jobs, end))
         except StopIteration as done:
             out: list[Decision] = done.value
         except QuorumLost as e:
@@ -92,17 +93,17 @@ class Router:
                 counter.inc(n, tags=tags)
         return Verdict(out)
 
-    async def _call(self, host: str, jobs: list[Job]) -> list[torch.Tensor]:
+    async def _call(self, defense: str, host: str, jobs: list[Job]) -> list[torch.Tensor]:
         t0 = time.perf_counter()
         res = await self.hosts[host].run.remote(jobs)
-        self.member_latency.observe(1e3 * (time.perf_counter() - t0), tags={"defense": self.name, "host": host})
+        self.member_latency.observe(1e3 * (time.perf_counter() - t0), tags={"defense": defense, "host": host})
         return res
 
-    async def _fan_out(self, jobs: list[Job], end: float) -> Results:
+    async def _fan_out(self, defense: str, jobs: list[Job], end: float) -> Results:
         by_host: dict[str, list[int]] = defaultdict(list)
         for i, job in enumerate(jobs):
             by_host[self.host_of[job.member]].append(i)
-        tasks = {h: asyncio.ensure_future(self._call(h, [jobs[i] for i in idx])) for h, idx in by_host.items()}
+        tasks = {h: asyncio.ensure_future(self._call(defense, h, [jobs[i] for i in idx])) for h, idx in by_host.items()}
         done, pending = await asyncio.wait(tasks.values(), timeout=max(end - time.monotonic(), 0.0))
         for t in pending:
             t.cancel()
@@ -112,10 +113,10 @@ class Router:
                 for i, r in zip(by_host[h], t.result(), strict=True):
                     results[i] = r
             elif t in done:
-                log.warning("%s: host %s failed: %s", self.name, h, t.exception())
+                log.warning("%s: host %s failed: %s", defense, h, t.exception())
             else:
-                log.warning("%s: host %s missed the deadline", self.name, h)
+                log.warning("%s: host %s missed the deadline", defense, h)
         return results
 
     def members(self) -> dict[str, Any]:
-        return {"defense": self.name, "members": sorted(self.defense.named_members())}
+        return {d: sorted(x.named_members()) for d, x in self.defenses.items()}

@@ -21,8 +21,9 @@ class MemberOptions:
     num_gpus: float = 0.0
     resources: dict[str, float] = field(default_factory=dict)
     num_replicas: int = 1
-    max_batch_size: int = 64
+    max_batch_size: int = 64  # requests merged by @serve.batch
     batch_wait_timeout_s: float = 0.002
+    max_pass_images: int = 1024  # images per forward pass (a merged batch is split): bounds activation memory
 
     def actor_options(self) -> dict[str, Any]:
         out: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
@@ -40,6 +41,9 @@ class ServeSettings:
     unpacked: tuple[str, ...] = ()  # roles or member names that get one deployment per member even when packed
     members: MemberOptions = field(default_factory=MemberOptions)
     overrides: dict[str, MemberOptions] = field(default_factory=dict)  # by member name or role (pool name)
+    # Serve's default of 5 makes callers poll with backoff under load (throughput collapses at concurrency 32);
+    # members batch internally (@serve.batch), so every replica accepts many requests at once
+    max_ongoing_requests: int = 256
     router_num_cpus: float = 0.05
     ingress_num_cpus: float = 0.05
     deadline_s: float = 10.0  # per request, over every fan-out stage
