@@ -45,8 +45,9 @@ class PeakMemory(threading.Thread):
         self.peak, self.stop, self.top = 0, threading.Event(), []
 
     @staticmethod
-    def stack_pss() -> int:
-        total = 0
+    def stack_pss() -> list[tuple[int, str]]:
+        """``(PSS bytes, command)`` for every process of the stack."""
+        out = []
         for proc in Path("/proc").glob("[0-9]*"):
             try:
                 cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
@@ -54,14 +55,16 @@ class PeakMemory(threading.Thread):
                     k in cmd for k in (b"ray::", b"/ray/", b"raylet", b"gcs_server")
                 ):
                     pss = [ln for ln in (proc / "smaps_rollup").read_text().splitlines() if ln.startswith("Pss:")]
-                    total += int(pss[0].split()[1]) * 1024 if pss else 0
+                    out.append((int(pss[0].split()[1]) * 1024 if pss else 0, cmd.decode(errors="replace")[:60]))
             except OSError:
                 continue
-        return total
+        return out
 
     def run(self) -> None:
         while not self.stop.is_set():
-            self.peak = max(self.peak, self.stack_pss())
+            procs = self.stack_pss()
+            if sum(p for p, _ in procs) > self.peak:
+                self.peak, self.top = sum(p for p, _ in procs), sorted(procs, reverse=True)[:5]
             self.stop.wait(0.5)
 
 
