@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,21 +25,30 @@ from ensdef.store import ArtifactStore
 log = logging.getLogger(__name__)
 
 
-def served_defenses(s: ServeSettings) -> dict[str, list[str]]:
-    """Defense name -> the member names its plan calls. Defenses named in the settings must be buildable;
-    with none named, every registered defense whose artifacts are in the store (the others are logged)."""
+def survey(s: ServeSettings) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """``(servable, missing)``: defense -> the member names its plan calls, for every defense named in the
+    settings (all registered ones when none are) that the store can build; defense -> why not, for the rest."""
     store, preset = ArtifactStore(s.store), load_preset(s.preset)
-    out = {}
+    servable, missing = {}, {}
     for name in s.defenses or tuple(DEFENSES):
         try:
-            out[name] = sorted(build_defense(name, store, preset).named_members())
+            servable[name] = sorted(build_defense(name, store, preset).named_members())
         except FileNotFoundError as e:
-            if s.defenses:
-                raise
-            log.warning("not serving %s: %s", name, e)
-    if not out:
+            missing[name] = str(e)
+    return servable, missing
+
+
+def served_defenses(s: ServeSettings) -> dict[str, list[str]]:
+    """The defenses to deploy. Defenses named in the settings must be buildable; with none named, every
+    registered defense whose artifacts are in the store (the others are logged)."""
+    servable, missing = survey(s)
+    if s.defenses and missing:
+        raise FileNotFoundError("; ".join(f"{k}: {v}" for k, v in missing.items()))
+    for name, why in missing.items():
+        log.warning("not serving %s: %s", name, why)
+    if not servable:
         raise FileNotFoundError(f"no defense can be built from store {s.store}; train it with `ensdef train`")
-    return out
+    return servable
 
 
 def layout(s: ServeSettings, members: set[str]) -> dict[str, list[str]]:
@@ -55,11 +65,20 @@ def _is_local_path(v: str) -> bool:
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
-    s = ServeSettings.from_dict(args)
-    # replicas do not share the driver's working directory: local paths become absolute (URIs stay)
-    local = {k: str(Path(v).resolve()) for k, v in (("store", s.store), ("preset", s.preset)) if _is_local_path(v)}
-    s = ServeSettings.from_dict({**s.to_dict(), **local})
-    defenses = served_defenses(s)
+    """The application builder of ``serve deploy`` (``import_path: deployments.app:build_app``)."""
+    s = absolute(ServeSettings.from_dict(args))
+    return application(s, served_defenses(s))
+
+
+def absolute(s: ServeSettings) -> ServeSettings:
+    """Replicas do not share the driver's working directory: local paths become absolute (URIs stay)."""
+    return replace(
+        s, **{k: str(Path(v).resolve()) for k, v in (("store", s.store), ("preset", s.preset)) if _is_local_path(v)}
+    )
+
+
+def application(s: ServeSettings, defenses: dict[str, list[str]]) -> Application:
+    """Member hosts, routers and the ingress for ``defenses`` (defense -> member names)."""
     hosts_members = layout(s, {m for ms in defenses.values() for m in ms})
     host_of = {m: h for h, ms in hosts_members.items() for m in ms}
     store = ArtifactStore(s.store)

@@ -23,7 +23,7 @@ from ray.serve.metrics import Counter
 
 from deployments.router import Verdict
 from ensdef.proto import ensdef_pb2
-from ensdef.validation import InvalidInput, Limits, from_image_file, from_raw, parse_json
+from ensdef.validation import InvalidInput, Limits, TooLarge, check_bytes, from_image_file, from_raw, parse_json
 
 log = logging.getLogger(__name__)
 app = FastAPI(
@@ -96,30 +96,26 @@ class Ingress:
         admin = self._admin(request.headers.get("x-admin-token"))
         client = request.headers.get("x-client-id") or (request.client.host if request.client else "unknown")
         try:
-            declared = request.headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > 2 * self.limits.max_bytes:
-                raise InvalidInput(f"payload of {declared} bytes exceeds the limit of {self.limits.max_bytes} bytes")
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit():
+                check_bytes(int(declared), self.limits, 2)  # refused before the body is read
             raw = await request.body()
+            check_bytes(len(raw), self.limits, 2)  # chunked bodies declare no length
             kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
             if kind in IMAGE_TYPES:
                 x, seed = from_image_file(raw, self.limits), None
             elif kind in ("application/json", ""):
-                if len(raw) > 2 * self.limits.max_bytes:  # JSON numbers take about twice their binary size
-                    raise InvalidInput(f"JSON body of {len(raw)} bytes exceeds the limit")
                 try:
                     body = json.loads(raw)
                 except (json.JSONDecodeError, UnicodeDecodeError) as e:
                     raise InvalidInput(f"malformed JSON ({e})") from None
-                x = parse_json(
-                    {k: v for k, v in body.items() if k != "seed"} if isinstance(body, dict) else body, self.limits
-                )
-                seed = body.get("seed")
+                x, seed = parse_json(body, self.limits), body.get("seed")
             else:
                 raise HTTPException(415, f"unsupported content type {kind!r}; send JSON or an image file")
             verdict = await self._decide(defense, x, self._seed(seed, admin), client)
         except InvalidInput as e:
-            self.bad.inc(1, tags={"reason": "invalid"})
-            raise HTTPException(422 if "exceeds" not in str(e) else 413, str(e)) from None
+            self.bad.inc(1, tags={"reason": "too_large" if isinstance(e, TooLarge) else "invalid"})
+            raise HTTPException(413 if isinstance(e, TooLarge) else 422, str(e)) from None
         except PermissionError as e:
             raise HTTPException(403, str(e)) from None
         except Unknown as e:

@@ -13,9 +13,9 @@ import ray
 from ray import serve
 from ray.serve.config import gRPCOptions
 
-from deployments.app import build_app, served_defenses
+from deployments.app import absolute, application, served_defenses, survey  # noqa: F401  (survey: for ensdef serve)
 from deployments.settings import ServeSettings
-from ensdef.defenses.registry import DEFENSES, TEAMS_ARTIFACT, build_defense
+from ensdef.defenses.registry import TEAMS_ARTIFACT
 from ensdef.presets import load_preset
 from ensdef.store import ArtifactStore
 
@@ -48,18 +48,6 @@ class Endpoints:
 
     def to_json(self) -> dict[str, Any]:
         return {"http": self.http, "grpc": self.grpc, "defenses": self.defenses, "ray_address": self.ray_address}
-
-
-def missing_artifacts(s: ServeSettings) -> dict[str, str]:
-    """Defense -> why it cannot be built from the store (empty when all can)."""
-    store, preset = ArtifactStore(s.store), load_preset(s.preset)
-    out = {}
-    for name in s.defenses or tuple(DEFENSES):
-        try:
-            build_defense(name, store, preset)
-        except FileNotFoundError as e:
-            out[name] = str(e)
-    return out
 
 
 def train_missing(s: ServeSettings, data_root: str | None = None) -> None:
@@ -101,11 +89,10 @@ def deploy(s: ServeSettings, host: str = "127.0.0.1", http_port: int = 8000, grp
     """Start Serve's HTTP and gRPC proxies and deploy the application (replacing one of the same name)."""
     deploy_proxies(host, http_port, grpc_port)
     t0 = time.perf_counter()
-    serve.run(build_app(s.to_dict()), name=s.application, route_prefix="/", blocking=False)
+    s = absolute(s)
+    defenses = served_defenses(s)  # built once: the app and the printed endpoints use the same answer
+    serve.run(application(s, defenses), name=s.application, route_prefix="/", blocking=False)
     log.info("deployed %s in %.1fs", s.application, time.perf_counter() - t0)
     return Endpoints(
-        f"http://{host}:{http_port}",
-        f"{host}:{grpc_port}",
-        sorted(served_defenses(s)),
-        ray.get_runtime_context().gcs_address,
+        f"http://{host}:{http_port}", f"{host}:{grpc_port}", sorted(defenses), ray.get_runtime_context().gcs_address
     )

@@ -258,11 +258,11 @@ def _serve(a: argparse.Namespace) -> tuple[Any, int]:
     if a.defenses:
         args["defenses"] = list(_csv(a.defenses) or ())
     settings = settings_mod.ServeSettings.from_dict(args)
-    missing = launch.missing_artifacts(settings)
+    servable, missing = launch.survey(settings)
     if missing and a.train_missing:
         launch.train_missing(settings, a.data_root)
-        missing = launch.missing_artifacts(settings)
-    if missing and (settings.defenses or len(missing) == len(_registered_defenses())):
+        servable, missing = launch.survey(settings)
+    if missing and (settings.defenses or not servable):
         raise FileNotFoundError(
             "missing artifacts (run with --train-missing, or `ensdef train`): "
             + "; ".join(f"{k}: {v}" for k, v in missing.items())
@@ -278,12 +278,6 @@ def _serve(a: argparse.Namespace) -> tuple[Any, int]:
             time.sleep(3600)
     except KeyboardInterrupt:
         return {"stopped": True}, 0
-
-
-def _registered_defenses() -> list[str]:
-    from ensdef.defenses.registry import DEFENSES
-
-    return list(DEFENSES)
 
 
 def _csv(value: str | None) -> tuple[str, ...] | None:

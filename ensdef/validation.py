@@ -24,6 +24,10 @@ class InvalidInput(ValueError):
     """A request the service refuses; the message is returned to the client."""
 
 
+class TooLarge(InvalidInput):
+    """A payload over the byte limit (HTTP 413)."""
+
+
 @dataclass(frozen=True)
 class Limits:
     """What one request may carry: image shape ``(C, H, W)``, at most ``max_images`` images and
@@ -34,9 +38,10 @@ class Limits:
     max_bytes: int = 8_000_000
 
 
-def _check_bytes(n: int, limits: Limits) -> None:
-    if n > limits.max_bytes:
-        raise InvalidInput(f"payload of {n} bytes exceeds the limit of {limits.max_bytes} bytes")
+def check_bytes(n: int, limits: Limits, factor: int = 1) -> None:
+    """Refuse ``n`` bytes over ``factor`` times the limit (JSON numbers take about twice their binary size)."""
+    if n > factor * limits.max_bytes:
+        raise TooLarge(f"payload of {n} bytes exceeds the limit of {factor * limits.max_bytes} bytes")
 
 
 def to_batch(a: np.ndarray, limits: Limits) -> torch.Tensor:
@@ -83,7 +88,7 @@ def from_npy_base64(text: Any, limits: Limits) -> torch.Tensor:
     """A base64 string of a ``.npy`` file (``numpy.save``); pickled objects are refused."""
     if not isinstance(text, str):
         raise InvalidInput("'npy' must be a base64 string of a .npy file")
-    _check_bytes(len(text) * 3 // 4, limits)
+    check_bytes(len(text) * 3 // 4, limits)
     try:
         raw = base64.b64decode(text, validate=True)
         a = np.load(io.BytesIO(raw), allow_pickle=False)
@@ -94,7 +99,7 @@ def from_npy_base64(text: Any, limits: Limits) -> torch.Tensor:
 
 def from_raw(data: bytes, shape: Sequence[int], dtype: str, limits: Limits) -> torch.Tensor:
     """Raw C-order little-endian bytes with their shape and dtype name (the gRPC request)."""
-    _check_bytes(len(data), limits)
+    check_bytes(len(data), limits)
     if dtype not in DTYPES:
         raise InvalidInput(f"dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
     if not shape or any(int(s) <= 0 for s in shape):
@@ -110,7 +115,7 @@ def from_image_file(raw: bytes, limits: Limits) -> torch.Tensor:
     """One uploaded image file (PNG, JPEG, ...) converted to the service's channels and size-checked."""
     from PIL import Image, UnidentifiedImageError
 
-    _check_bytes(len(raw), limits)
+    check_bytes(len(raw), limits)
     try:
         img = Image.open(io.BytesIO(raw))
         img.load()

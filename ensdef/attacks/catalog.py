@@ -114,8 +114,9 @@ def _cw_linf(c: Any, t: bool, p: dict[str, Any]) -> Any:
     )
 
 
-def _cw_search(cls: type) -> Builder:
-    """C&W L2 and L0 (same parameters; L0 repeats L2 while it freezes pixels)."""
+def _cw_search(cls: type, *extra: str) -> Builder:
+    """C&W L2 and L0 and EAD: the same binary-search parameters (L0 repeats L2 while it freezes pixels; EAD
+    adds ``extra`` parameters such as its L1 weight ``beta``)."""
 
     def build(c: Any, t: bool, p: dict[str, Any]) -> Any:
         return cls(
@@ -128,12 +129,13 @@ def _cw_search(cls: type) -> Builder:
             initial_const=p["c"],
             batch_size=_b(p),
             verbose=False,
+            **{k: p[k] for k in extra},
         )
 
     return build
 
 
-_cw_l2, _cw_l0 = _cw_search(CarliniL2Method), _cw_search(CarliniL0Method)
+_cw_l2, _cw_l0, _ead = _cw_search(CarliniL2Method), _cw_search(CarliniL0Method), _cw_search(ElasticNet, "beta")
 
 
 def _jsma(c: Any, t: bool, p: dict[str, Any]) -> Any:
@@ -142,21 +144,6 @@ def _jsma(c: Any, t: bool, p: dict[str, Any]) -> Any:
 
 def _deepfool(c: Any, t: bool, p: dict[str, Any]) -> Any:
     return DeepFool(c, max_iter=p["max_iter"], epsilon=p["overshoot"], batch_size=_b(p), verbose=False)
-
-
-def _ead(c: Any, t: bool, p: dict[str, Any]) -> Any:
-    return ElasticNet(
-        c,
-        confidence=p["confidence"],
-        targeted=t,
-        learning_rate=p["lr"],
-        binary_search_steps=p["search_steps"],
-        max_iter=p["max_iter"],
-        beta=p["beta"],
-        initial_const=p["c"],
-        batch_size=_b(p),
-        verbose=False,
-    )
 
 
 def _square(c: Any, t: bool, p: dict[str, Any]) -> Any:

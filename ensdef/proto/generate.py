@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -32,5 +33,6 @@ def generate(out: Path = ROOT) -> list[Path]:
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     for p in generate(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT):
-        print(p)
+        logging.getLogger(__name__).info("wrote %s", p)
