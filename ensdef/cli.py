@@ -6,6 +6,7 @@ Every command takes ``--json`` for machine-readable output on stdout; logs go to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -16,6 +17,7 @@ from typing import Any
 from ensdef.config import ConfigError, to_plain
 
 Handler = Callable[[argparse.Namespace], tuple[Any, int]]
+POOL_NAMES = ("target", "verifiers", "denoisers", "reformers", "tempnets", "rls", "baselines")  # ensdef.pools.Pool
 COMMANDS: dict[str, Handler] = {}
 
 
@@ -280,6 +282,54 @@ def _serve(a: argparse.Namespace) -> tuple[Any, int]:
         return {"stopped": True}, 0
 
 
+def _ray_layer(a: argparse.Namespace, module: str) -> Any:
+    """Connect to (or start) Ray and import a module of the Ray layer; the library never imports Ray."""
+    import importlib
+
+    importlib.import_module("deployments.launch").connect(a.address, a.num_cpus)
+    return importlib.import_module(module)
+
+
+def _tune_run(a: argparse.Namespace) -> Any:
+    import importlib
+
+    return importlib.import_module("tune.pools").TuneRun(a.storage, a.name, a.gpu_as, not a.no_resume)
+
+
+@command("tune")
+def _tune(a: argparse.Namespace) -> tuple[Any, int]:
+    """Train pools as parallel Ray Tune trials (``--sweep``: an ASHA hyper-parameter search per member)."""
+    from ensdef.pools import Pool
+    from ensdef.presets import load_preset
+    from ensdef.store import ArtifactStore
+
+    preset, store = _with_data_root(load_preset(a.preset), a), ArtifactStore(a.store)
+    with contextlib.redirect_stdout(sys.stderr):  # Tune's progress tables; stdout stays the result
+        if a.sweep:
+            if a.pool == "all":
+                raise ConfigError("--sweep needs one --pool")
+            return _ray_layer(a, "tune.sweeps").sweep_pool(preset, store, Pool(a.pool), _tune_run(a)), 0
+        pools = list(Pool) if a.pool == "all" else [Pool(a.pool)]
+        return _ray_layer(a, "tune.pools").tune_pools(preset, store, pools, _tune_run(a)), 0
+
+
+@command("tune-teams")
+def _tune_teams(a: argparse.Namespace) -> tuple[Any, int]:
+    """MODEF team-selection sweep on Ray Tune; the winner becomes the store's ``teams-verifiers``."""
+    from ensdef.presets import load_preset
+    from ensdef.store import ArtifactStore
+
+    preset = _with_data_root(load_preset(a.preset), a)
+    with contextlib.redirect_stdout(sys.stderr):
+        return _ray_layer(a, "tune.teams").tune_teams(preset, ArtifactStore(a.store), _tune_run(a)), 0
+
+
+def _with_data_root(preset: Any, a: argparse.Namespace) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(preset, data_root=a.data_root) if a.data_root else preset
+
+
 def _csv(value: str | None) -> tuple[str, ...] | None:
     return None if value is None else tuple(v for v in value.split(",") if v)
 
@@ -310,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--pool",
         default="all",
-        choices=["all", "target", "verifiers", "denoisers", "reformers", "tempnets", "rls", "baselines"],
+        choices=["all", *POOL_NAMES],
     )
     tr.add_argument("--store", required=True)
     tr.add_argument("--skip-existing", action="store_true", help="keep artifacts that exist and verify")
@@ -384,6 +434,24 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-cache", action="store_true", help="recompute every cell (and write no cache)")
     ev.add_argument("--strict", action="store_true", help="exit 1 when a sanity check fails")
     data_args(ev)
+
+    for cmd, text in (
+        ("tune", "train pools as parallel Ray Tune trials (resumable; --sweep for ASHA searches)"),
+        ("tune-teams", "MODEF team-selection sweep on Ray Tune; saves the winning kappa-ranked list"),
+    ):
+        tu = common(sub.add_parser(cmd, help=text))
+        tu.add_argument("--preset", default="mnist5k")
+        tu.add_argument("--store", required=True)
+        if cmd == "tune":
+            tu.add_argument("--pool", default="all", choices=["all", *(p for p in POOL_NAMES)])
+            tu.add_argument("--sweep", action="store_true", help="ASHA search over the preset's tune.sweeps[pool]")
+        tu.add_argument("--storage", default=None, help="Tune storage path or URI (default: <store>/_tune)")
+        tu.add_argument("--name", default=None, help="experiment name (default: derived from the plans)")
+        tu.add_argument("--no-resume", action="store_true", help="start afresh instead of restoring")
+        tu.add_argument("--gpu-as", default=None, help="request this custom resource instead of GPUs")
+        tu.add_argument("--address", help="Ray address; default: a running cluster, else a new local one")
+        tu.add_argument("--num-cpus", type=float, default=None, help="CPUs of a new local Ray")
+        tu.add_argument("--data-root", default=None, help="folder with torchvision dataset files")
 
     sv = common(sub.add_parser("serve", help="deploy every defense behind HTTP and gRPC on Ray Serve"))
     sv.add_argument("--preset", default=None)

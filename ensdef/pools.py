@@ -23,7 +23,7 @@ from ensdef.noise import NoiseKind, NoiseSpec
 from ensdef.presets import GroupLossKind, Preset, TrainConfig
 from ensdef.rng import make_generator, seeded
 from ensdef.store import ArtifactStore, Manifest
-from ensdef.train import TrainResult, accuracy, reconstruction_mse, train_autoencoder, train_classifier
+from ensdef.train import EpochHook, TrainResult, accuracy, reconstruction_mse, train_autoencoder, train_classifier
 from ensdef.types import Role
 
 log = logging.getLogger(__name__)
@@ -158,17 +158,17 @@ def _partition(split: Split, index: int, count: int) -> Split:
 
 
 def _fit_classifier(
-    plan: MemberPlan, model: nn.Module, train: Split, data: Dataset
+    plan: MemberPlan, model: nn.Module, train: Split, data: Dataset, on_epoch: EpochHook | None = None
 ) -> tuple[nn.Module, dict, TrainResult]:
-    res = train_classifier(model, train, data.val, plan.train, desc=plan.name)
+    res = train_classifier(model, train, data.val, plan.train, plan.name, on_epoch)
     return res.model, {**res.metrics, "test_accuracy": accuracy(res.model, data.test)}, res
 
 
 def _fit_autoencoder(
-    plan: MemberPlan, model: nn.Module, train: Split, data: Dataset
+    plan: MemberPlan, model: nn.Module, train: Split, data: Dataset, on_epoch: EpochHook | None = None
 ) -> tuple[nn.Module, dict, TrainResult]:
     assert plan.noise is not None, f"{plan.name}: autoencoders need a noise spec"
-    res = train_autoencoder(model, train, data.val, plan.train, plan.noise, desc=plan.name)
+    res = train_autoencoder(model, train, data.val, plan.train, plan.noise, plan.name, on_epoch)
     return (
         res.model,
         {
@@ -180,7 +180,9 @@ def _fit_autoencoder(
     )
 
 
-def _fit_rls(plan: MemberPlan, model: nn.Module, train: Split, data: Dataset) -> tuple[nn.Module, dict, TrainResult]:
+def _fit_rls(
+    plan: MemberPlan, model: nn.Module, train: Split, data: Dataset, on_epoch: EpochHook | None = None
+) -> tuple[nn.Module, dict, TrainResult]:
     from ensdef.defenses.rls import RLSEnsemble, train_rls
 
     res = train_rls(
@@ -191,7 +193,8 @@ def _fit_rls(plan: MemberPlan, model: nn.Module, train: Split, data: Dataset) ->
         plan.extra["k"],
         GroupLossKind(plan.extra["loss"]),
         plan.extra["n"],
-        desc=plan.name,
+        plan.name,
+        on_epoch,
     )
     ens = RLSEnsemble(res.model, plan.extra["n"])
     d = ens.decide(data.test.x, make_generator(0))
@@ -200,8 +203,9 @@ def _fit_rls(plan: MemberPlan, model: nn.Module, train: Split, data: Dataset) ->
 
 
 def _fit_baseline(
-    plan: MemberPlan, model: nn.Module, train: Split, data: Dataset
+    plan: MemberPlan, model: nn.Module, train: Split, data: Dataset, on_epoch: EpochHook | None = None
 ) -> tuple[nn.Module, dict, TrainResult]:
+    """ART's trainers run whole; ``on_epoch`` is called once at the end with the test accuracy."""
     from ensdef.baselines import BASELINES, Baseline
     from ensdef.presets import BaselineConfig
 
@@ -211,10 +215,15 @@ def _fit_baseline(
     )
     acc = accuracy(res.model, data.test)
     log.info("%s: test accuracy %.4f, %.0fs", plan.name, acc, res.seconds)
+    if on_epoch is not None:
+        on_epoch(cfg.epochs - 1, acc)
     return res.model, {"test_accuracy": acc}, TrainResult(res.model, {}, cfg.epochs, res.seconds)
 
 
-def _fitter(plan: MemberPlan) -> Callable[[MemberPlan, nn.Module, Split, Dataset], tuple[nn.Module, dict, TrainResult]]:
+Fitter = Callable[[MemberPlan, nn.Module, Split, Dataset, EpochHook | None], tuple[nn.Module, dict, TrainResult]]
+
+
+def _fitter(plan: MemberPlan) -> Fitter:
     if plan.role is Role.RLS:
         return _fit_rls
     if plan.role is Role.BASELINE:
@@ -222,12 +231,13 @@ def _fitter(plan: MemberPlan) -> Callable[[MemberPlan, nn.Module, Split, Dataset
     return _fit_autoencoder if get_spec(plan.architecture).kind is Kind.AUTOENCODER else _fit_classifier
 
 
-def train_member(plan: MemberPlan, data: Dataset, store: ArtifactStore) -> Manifest:
-    """Train one planned member on ``data`` and save it; returns the stored manifest with test metrics."""
+def train_member(plan: MemberPlan, data: Dataset, store: ArtifactStore, on_epoch: EpochHook | None = None) -> Manifest:
+    """Train one planned member on ``data`` and save it; returns the stored manifest with test metrics.
+    ``on_epoch(epoch, validation score)`` follows training (Tune reports and early-stops through it)."""
     with seeded(plan.train.seed):
         model = build(plan.architecture, data.shape, data.num_classes, **plan.extra.get("build_kwargs", {}))
     train = _partition(data.train, *plan.partition) if plan.partition else data.train
-    model, metrics, res = _fitter(plan)(plan, model, train, data)
+    model, metrics, res = _fitter(plan)(plan, model, train, data, on_epoch)
     metrics.update(epochs=res.epochs_run, seconds=round(res.seconds, 2), train_size=len(train))
     return store.save_model(model, member_manifest(plan, data, metrics))
 

@@ -219,6 +219,42 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class SweepConfig:
+    """An ASHA hyper-parameter sweep over one pool: ``space`` maps TrainConfig fields to a range
+    (``{loguniform: [lo, hi]}``, ``{uniform: [lo, hi]}`` or ``{choice: [...]}``), ``samples`` per member."""
+
+    space: dict[str, dict[str, Any]] = field(default_factory=dict)
+    samples: int = 4
+    grace_period: int = 2  # epochs before ASHA may stop a trial
+    reduction_factor: int = 2
+
+
+@dataclass(frozen=True)
+class TeamSweepConfig:
+    """The Tune grid over MODEF's team selection, scored by validation DSR on a transfer-attack set."""
+
+    sizes: tuple[tuple[int, int], ...] = ((3, 5),)  # (min_team, max_team) pairs
+    thresholds: tuple[float, ...] = (0.6,)
+    policies: tuple[TeamPolicy, ...] = (TeamPolicy.RAND_KAPPA,)
+    modes: tuple[CrossLayerMode, ...] = (CrossLayerMode.ONE_TO_MANY, CrossLayerMode.MANY_TO_MANY)
+    attack: str = "fgsm"  # transfer attack on the target, cached in the store
+    images: int = 100  # validation images attacked (and as many benign ones)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TuneResources:
+    """Ray Tune settings: resources per trial (fractions allowed), concurrency, sweeps and the team grid."""
+
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    resources_per_trial: dict[str, float] = field(default_factory=dict)  # custom resources, e.g. {"gpu_slot": 0.1}
+    max_concurrent: int = 0  # 0: as many as the resources allow
+    sweeps: dict[str, SweepConfig] = field(default_factory=dict)  # pool name -> sweep
+    teams: TeamSweepConfig = field(default_factory=TeamSweepConfig)
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     dataset: str
@@ -233,6 +269,7 @@ class Preset:
     det: DeTConfig = field(default_factory=DeTConfig)
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
+    tune: TuneResources = field(default_factory=TuneResources)
     data_root: str | None = None
 
 

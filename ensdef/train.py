@@ -25,6 +25,10 @@ from ensdef.rng import make_generator, randn_like, seeded
 log = logging.getLogger(__name__)
 
 
+EpochHook = Callable[[int, float], None]
+"""Called after every epoch with (epoch index, validation score, higher is better); Tune reports through it."""
+
+
 @dataclass(frozen=True)
 class TrainResult:
     model: nn.Module  # in eval mode, on CPU
@@ -89,14 +93,16 @@ def fit(
     batch_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor],
     val_score: Callable[[nn.Module], float],
     desc: str = "train",
+    on_epoch: EpochHook | None = None,
 ) -> TrainResult:
-    """Generic loop: minimise ``batch_loss`` over ``train``; keep the state with the best ``val_score``."""
+    """Generic loop: minimise ``batch_loss`` over ``train``; keep the state with the best ``val_score``;
+    ``on_epoch(epoch, score)`` after every epoch."""
     device = resolve_device(cfg.device)
     with seeded(cfg.seed, device):  # dropout masks; the caller's RNG state is restored afterwards
-        return _loop(model, train, cfg, batch_loss, val_score, desc, device)
+        return _loop(model, train, cfg, batch_loss, val_score, desc, device, on_epoch)
 
 
-def _loop(model, train, cfg, batch_loss, val_score, desc, device):  # type: ignore[no-untyped-def]
+def _loop(model, train, cfg, batch_loss, val_score, desc, device, on_epoch):  # type: ignore[no-untyped-def]
     g = make_generator(cfg.seed)
     model.to(device).train()
     opt = _optimizer(model, cfg)
@@ -116,6 +122,8 @@ def _loop(model, train, cfg, batch_loss, val_score, desc, device):  # type: igno
             sched.step()
         score = val_score(model)
         bar.set_postfix(loss=f"{loss.item():.4f}", val=f"{score:.4f}")
+        if on_epoch is not None:
+            on_epoch(epoch, score)
         if score > best:
             best, best_state, stale = score, copy.deepcopy(model.state_dict()), 0
         else:
@@ -131,7 +139,12 @@ def _loop(model, train, cfg, batch_loss, val_score, desc, device):  # type: igno
 
 
 def train_classifier(
-    model: nn.Module, train: Split, val: Split, cfg: TrainConfig, desc: str = "classifier"
+    model: nn.Module,
+    train: Split,
+    val: Split,
+    cfg: TrainConfig,
+    desc: str = "classifier",
+    on_epoch: EpochHook | None = None,
 ) -> TrainResult:
     """Cross-entropy on ``logits / cfg.temperature``; early stopping on validation accuracy (on validation
     images with one fixed draw of the training noise when ``cfg.noise_sigma`` > 0)."""
@@ -147,17 +160,23 @@ def train_classifier(
 
     if cfg.noise_sigma > 0:  # members answer noisy queries: keep the checkpoint that is best under that noise
         val = Split(val.x + cfg.noise_sigma * randn_like(val.x, make_generator(cfg.seed + 2)), val.y)
-    res = fit(model, train, cfg, loss, lambda m: accuracy(m, val), desc)
+    res = fit(model, train, cfg, loss, lambda m: accuracy(m, val), desc, on_epoch)
     return TrainResult(res.model, {"val_accuracy": res.metrics["val_score"]}, res.epochs_run, res.seconds)
 
 
 def train_autoencoder(
-    model: nn.Module, train: Split, val: Split, cfg: TrainConfig, noise: NoiseSpec, desc: str = "autoencoder"
+    model: nn.Module,
+    train: Split,
+    val: Split,
+    cfg: TrainConfig,
+    noise: NoiseSpec,
+    desc: str = "autoencoder",
+    on_epoch: EpochHook | None = None,
 ) -> TrainResult:
     """Denoising objective ``||D(q(x)) - x||^2`` with ``q`` = ``noise``; early stopping on validation MSE."""
 
     def loss(m: nn.Module, xb: torch.Tensor, yb: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         return F.mse_loss(m(corrupt(xb, noise, g)), xb)
 
-    res = fit(model, train, cfg, loss, lambda m: -reconstruction_mse(m, val, noise, cfg.seed), desc)
+    res = fit(model, train, cfg, loss, lambda m: -reconstruction_mse(m, val, noise, cfg.seed), desc, on_epoch)
     return TrainResult(res.model, {"val_mse": -res.metrics["val_score"]}, res.epochs_run, res.seconds)

@@ -45,12 +45,27 @@ def load_target(store: ArtifactStore, device: torch.device) -> nn.Module:
     return store.load_model("target", device)[0]
 
 
+TUNED = "tuned"  # a team-selection sweep's record inside the artifact (``ensdef tune-teams``)
+
+
 def load_teams(store: ArtifactStore, preset: Preset, device: torch.device) -> tuple[TeamSelection, list[nn.Module]]:
-    """The saved team selection (policy from the preset) and its verifiers, in the selection's order."""
+    """The saved team selection and its verifiers, in the selection's order. The policy is the sweep's when
+    the selection was tuned (``ensdef tune-teams``), else the preset's."""
     if not store.has_json(TEAMS_ARTIFACT):
         raise FileNotFoundError(f"no team selection in store {store.root}; run `ensdef select` first")
-    teams = TeamSelection.from_json(store.load_json(TEAMS_ARTIFACT)).with_policy(preset.modef.policy)
+    saved = store.load_json(TEAMS_ARTIFACT)
+    teams = TeamSelection.from_json(saved)
+    if TUNED not in saved:
+        teams = teams.with_policy(preset.modef.policy)
     return teams, [store.load_model(n, device)[0] for n in teams.members]
+
+
+def tuned_mode(store: ArtifactStore) -> CrossLayerMode | None:
+    """The cross-layer mode a team-selection sweep chose, if the store's selection was tuned."""
+    if not store.has_json(TEAMS_ARTIFACT):
+        return None
+    saved = store.load_json(TEAMS_ARTIFACT)
+    return CrossLayerMode(saved[TUNED]["mode"]) if TUNED in saved else None
 
 
 @register_defense("denoising")
@@ -76,7 +91,7 @@ def _crosslayer(mode: CrossLayerMode | None) -> Builder:
             load_target(store, device),
             verifiers,
             teams,
-            mode or c.cross_layer,
+            mode or tuned_mode(store) or c.cross_layer,
             c.vote,
             c.on_disagree,
             c.consensus,

@@ -20,7 +20,7 @@ from ensdef.plans import Job, Op, Plan, decisions, present, stacked
 from ensdef.presets import GroupLossKind as GroupLoss
 from ensdef.presets import TrainConfig
 from ensdef.rng import make_generator
-from ensdef.train import TrainResult, augment, fit
+from ensdef.train import EpochHook, TrainResult, augment, fit
 
 
 def sampled_probs(net: RLSNet, x: torch.Tensor, paths: torch.Tensor) -> torch.Tensor:
@@ -96,6 +96,7 @@ def train_rls(
     kind: GroupLoss,
     n_eval: int = 10,
     desc: str = "rls",
+    on_epoch: EpochHook | None = None,
 ) -> TrainResult:
     """Group optimisation of ``net``; early stopping on the validation accuracy of N averaged samples."""
 
@@ -107,5 +108,5 @@ def train_rls(
         m.train()
         return sum(dd.label == int(t) for dd, t in zip(d, val.y, strict=True)) / len(val)
 
-    res = fit(net, train, cfg, loss, val_acc, desc)
+    res = fit(net, train, cfg, loss, val_acc, desc, on_epoch)
     return TrainResult(res.model, {"val_accuracy": res.metrics["val_score"]}, res.epochs_run, res.seconds)

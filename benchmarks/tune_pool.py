@@ -1,0 +1,81 @@
+"""Training a preset's verifier pool with Ray Tune (one trial per member, ``tune.cpus_per_trial`` each)
+against the sequential in-process loop (``ensdef train``) for the same members and epochs, in one run.
+
+    .venv/bin/python benchmarks/tune_pool.py [--preset mnist5k] [--epochs 3] [--num-cpus N]
+
+Both write to fresh temporary stores. The sequential loop gets every core (torch intra-op threads), Tune gets a
+fresh local Ray with the same cores; the ratio is Tune's wall time over the loop's (goal: at most 0.7).
+Ray's start-up is outside the timing, Tune's trial start-up (a worker process importing torch) inside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+import time
+
+import torch
+
+from ensdef.data import load_dataset
+from ensdef.pools import Pool, plan_pool, train_pools
+from ensdef.presets import load_preset
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="mnist5k")
+    ap.add_argument("--epochs", type=int, default=3, help="epochs per member, in both runs")
+    ap.add_argument("--num-cpus", type=int, default=os.cpu_count())
+    a = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    p = load_preset(a.preset)
+    train = dataclasses.replace(p.verifiers.train, epochs=a.epochs, patience=a.epochs)
+    overrides = {k: {**v, "epochs": a.epochs, "patience": a.epochs} for k, v in p.verifiers.overrides.items()}
+    preset = dataclasses.replace(p, verifiers=dataclasses.replace(p.verifiers, train=train, overrides=overrides))
+    members = [m.name for m in plan_pool(preset, Pool.VERIFIERS)]
+    data = load_dataset(preset.dataset, preset.data_root)
+
+    torch.set_num_threads(a.num_cpus)
+    with tempfile.TemporaryDirectory() as d:
+        from ensdef.store import ArtifactStore
+
+        t0 = time.perf_counter()
+        train_pools(preset, data, ArtifactStore(d), [Pool.VERIFIERS])
+        sequential = time.perf_counter() - t0
+
+    import ray
+
+    from tune.pools import TuneRun, tune_pools
+
+    ray.init(num_cpus=a.num_cpus, log_to_driver=False)
+    with tempfile.TemporaryDirectory() as d:
+        from ensdef.store import ArtifactStore
+
+        t0 = time.perf_counter()
+        tune_pools(preset, ArtifactStore(d), [Pool.VERIFIERS], TuneRun(resume=False))
+        tuned = time.perf_counter() - t0
+    ray.shutdown()
+    print(
+        json.dumps(
+            {
+                "preset": preset.name,
+                "members": members,
+                "epochs": a.epochs,
+                "cpus": a.num_cpus,
+                "cpus_per_trial": preset.tune.cpus_per_trial,
+                "sequential_s": round(sequential, 1),
+                "tune_s": round(tuned, 1),
+                "ratio": round(tuned / sequential, 3),
+                "goal": "ratio <= 0.7",
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""The Tune layer's pure parts: trial resources, sweep spaces, the team grid and plan matching (no Ray
+cluster is started here; importing ``ray.tune`` is enough)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from ensdef.cli import POOL_NAMES
+from ensdef.defenses.crosslayer import CrossLayerMode
+from ensdef.pools import Pool, plan_pool
+from ensdef.presets import SweepConfig, TuneResources, load_preset
+from ensdef.team_sweep import TeamTrial, grid
+from ensdef.teams import TeamPolicy
+from tests.conftest import FIXTURES
+
+pytest.importorskip("ray.tune")
+from tune.resources import threads_for, trial_resources  # noqa: E402
+from tune.sweeps import search_space, swept  # noqa: E402
+from tune.trainables import same_plan  # noqa: E402
+
+
+def test_trial_resources_are_fractional_and_gpus_can_be_a_custom_resource() -> None:
+    t = TuneResources(cpus_per_trial=0.5, gpus_per_trial=0.1, resources_per_trial={"worker": 0.01})
+    assert trial_resources(t) == {"cpu": 0.5, "gpu": 0.1, "worker": 0.01}
+    assert trial_resources(t, gpu_as="fake_gpu") == {"cpu": 0.5, "fake_gpu": 0.1, "worker": 0.01}
+    assert trial_resources(TuneResources()) == {"cpu": 1.0}
+    assert [threads_for(c) for c in (0.25, 1.0, 2.0, 3.5)] == [1, 1, 2, 3]
+
+
+def test_search_space_checks_fields_and_kinds() -> None:
+    space = search_space(SweepConfig({"weight_decay": {"loguniform": [1e-9, 1e-4]}, "lr": {"choice": [1, 2]}}))
+    assert set(space) == {"weight_decay", "lr"}
+    assert 1e-9 <= space["weight_decay"].sample() <= 1e-4 and space["lr"].sample() in (1, 2)
+    with pytest.raises(ValueError, match="not a training setting"):
+        search_space(SweepConfig({"level": {"uniform": [0.1, 0.5]}}))
+    with pytest.raises(ValueError, match="give one of"):
+        search_space(SweepConfig({"lr": {"normal": [0, 1]}}))
+
+
+def test_swept_plan_records_its_values_and_matches_only_itself() -> None:
+    preset = load_preset(FIXTURES / "tiny.yaml")
+    plan = plan_pool(preset, Pool.DENOISERS)[0]
+    s = swept(plan, {"weight_decay": 1e-5})
+    assert s.train.weight_decay == 1e-5 and s.extra["sweep"] == {"weight_decay": 1e-5} and s.name == plan.name
+    from ensdef.config import to_plain
+    from ensdef.store import Manifest
+    from ensdef.types import Role
+
+    m = Manifest(plan.name, Role.DENOISER, plan.architecture, "mnist5k", (1, 28, 28), 10, "", "state_dict",
+                 to_plain(plan.train), {}, to_plain(plan.extra))  # fmt: skip
+    assert same_plan(m, plan) and not same_plan(m, s)
+    assert not same_plan(m, dataclasses.replace(plan, train=dataclasses.replace(plan.train, epochs=99)))
+
+
+def test_team_grid_is_the_product_and_round_trips() -> None:
+    t = load_preset(FIXTURES / "tiny.yaml").tune.teams
+    g = grid(t)
+    assert len(g) == len(t.sizes) * len(t.thresholds) * len(t.policies) * len(t.modes) == 4
+    assert {x.policy for x in g} == {TeamPolicy.RAND_KAPPA, TeamPolicy.BEST_KAPPA}
+    assert all(TeamTrial.from_json(x.to_json()) == x for x in g)
+    assert g[0] == TeamTrial(2, 3, 1.01, TeamPolicy.RAND_KAPPA, CrossLayerMode.ONE_TO_MANY)
+
+
+def test_cli_pool_names_are_the_pools() -> None:
+    assert set(POOL_NAMES) == {p.value for p in Pool}

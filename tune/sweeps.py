@@ -1,0 +1,114 @@
+"""``ensdef tune --pool P --sweep``: an ASHA search over training hyper-parameters for every member of a pool.
+
+The preset's ``tune.sweeps[P]`` gives the space (TrainConfig fields to ranges) and the sample count. Each
+trial trains one member with one draw into a private store inside its Tune checkpoint; ASHA stops the weak
+ones on their per-epoch validation score. Per member, the finished trial with the best score is copied into
+the artifact store under the member's own name, with the chosen values in its manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+
+from ensdef.attacks.cache import cache_key
+from ensdef.config import to_plain
+from ensdef.data import load_dataset
+from ensdef.pools import MemberPlan, Pool, plan_pool, train_member
+from ensdef.presets import Preset, SweepConfig, TrainConfig
+from ensdef.store import ArtifactStore
+from tune.pools import TuneRun, storage_path, tuner
+from tune.resources import set_threads, trial_resources
+
+log = logging.getLogger(__name__)
+
+SPACES: dict[str, Callable[..., Any]] = {
+    "loguniform": tune.loguniform,
+    "uniform": tune.uniform,
+    "choice": lambda *values: tune.choice(list(values)),
+}
+TRAIN_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def search_space(sweep: SweepConfig) -> dict[str, Any]:
+    """Tune distributions for ``sweep.space``: each key a TrainConfig field, each value ``{kind: args}``."""
+    out = {}
+    for name, spec in sweep.space.items():
+        if name not in TRAIN_FIELDS:
+            raise ValueError(f"sweep field {name!r} is not a training setting ({', '.join(sorted(TRAIN_FIELDS))})")
+        if len(spec) != 1 or next(iter(spec)) not in SPACES:
+            raise ValueError(f"sweep field {name!r}: give one of {sorted(SPACES)}, got {spec}")
+        kind, args = next(iter(spec.items()))
+        out[name] = SPACES[kind](*args)
+    return out
+
+
+def swept(plan: MemberPlan, values: dict[str, Any]) -> MemberPlan:
+    """``plan`` with the trial's training values and a record of them in ``extra["sweep"]``."""
+    return dataclasses.replace(
+        plan, train=dataclasses.replace(plan.train, **values), extra={**plan.extra, "sweep": dict(values)}
+    )
+
+
+def sweep_trial(config: dict[str, Any], *, plans: dict[str, MemberPlan], preset: Preset) -> None:
+    """Train ``plans[config["member"]]`` with the sampled values into a store inside the trial checkpoint."""
+    set_threads(tune.get_context().get_trial_resources().required_resources.get("CPU", 1.0))
+    values = {k: v for k, v in config.items() if k != "member"}
+    plan = swept(plans[config["member"]], values)
+    data = load_dataset(preset.dataset, preset.data_root)
+    with tempfile.TemporaryDirectory() as d:
+        m = train_member(plan, data, ArtifactStore(d), lambda e, s: tune.report({"score": s, "epoch": e}))
+        best = m.metrics.get("val_accuracy", -m.metrics.get("val_mse", 0.0))
+        tune.report({"score": best, "final": True, **values}, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def sweep_pool(preset: Preset, store: ArtifactStore, pool: Pool, run: TuneRun | None = None) -> dict[str, Any]:
+    """ASHA sweep of ``preset.tune.sweeps[pool]`` over every member of ``pool``; the winners go to ``store``."""
+    run = run or TuneRun()
+    if pool.value not in preset.tune.sweeps:
+        raise ValueError(f"preset {preset.name} has no tune.sweeps.{pool.value}; sweeps: {sorted(preset.tune.sweeps)}")
+    sweep = preset.tune.sweeps[pool.value]
+    plans = {p.name: p for p in plan_pool(preset, pool)}
+    name = run.name or f"{preset.name}-sweep-{pool.value}-{cache_key(to_plain([plans, sweep]))[:8]}"
+    t = tuner(
+        tune.with_resources(
+            tune.with_parameters(sweep_trial, plans=plans, preset=preset), trial_resources(preset.tune, run.gpu_as)
+        ),
+        {"member": tune.grid_search(sorted(plans)), **search_space(sweep)},
+        storage_path(store, run),
+        name,
+        run.resume,
+        num_samples=sweep.samples,
+        scheduler=ASHAScheduler(
+            metric="score",
+            mode="max",
+            grace_period=sweep.grace_period,
+            reduction_factor=sweep.reduction_factor,
+            max_t=max(p.train.epochs for p in plans.values()) + 1,
+        ),
+        max_concurrent_trials=preset.tune.max_concurrent or None,
+    )
+    grid = t.fit()
+    chosen = {}
+    for member in sorted(plans):
+        done = [r for r in grid if r.config["member"] == member and r.checkpoint and r.metrics.get("final")]
+        if not done:
+            raise RuntimeError(f"{member}: no sweep trial finished (errors: {[str(r.error) for r in grid if r.error]})")
+        best = max(done, key=lambda r: r.metrics["score"])
+        with best.checkpoint.as_directory() as d:
+            src = ArtifactStore(d)
+            model, manifest = src.load_model(member)
+            store.save_model(model, manifest)
+        chosen[member] = {
+            "score": best.metrics["score"],
+            "values": manifest.extra["sweep"],
+            "finished_scores": sorted(r.metrics["score"] for r in done),
+            "trials": sum(r.config["member"] == member for r in grid),
+        }
+    return {"store": store.root, "pool": pool.value, "experiment": name, "chosen": chosen, "trials": len(grid)}

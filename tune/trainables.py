@@ -1,0 +1,61 @@
+"""Function trainables: one pool member per trial, trained by ``ensdef.pools.train_member`` into the shared
+artifact store (the same manifest and loader as the in-process trainer).
+
+Every epoch reports ``score`` (validation score, higher is better) so schedulers can stop trials; the last
+report carries a Tune checkpoint holding the stored manifest. A member already in the store with the same
+training plan is reported as ``skipped`` instead of being trained again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from ensdef.config import to_plain
+from ensdef.data import load_dataset
+from ensdef.pools import MemberPlan, train_member
+from ensdef.presets import Preset
+from ensdef.store import ArtifactStore, Manifest
+from tune.resources import set_threads
+
+log = logging.getLogger(__name__)
+
+
+def same_plan(m: Manifest, plan: MemberPlan) -> bool:
+    """Whether stored manifest ``m`` was trained from ``plan`` (architecture, training config, extra)."""
+    return (
+        m.architecture == plan.architecture
+        and m.train_config == to_plain(plan.train)
+        and json.loads(json.dumps(m.extra)) == json.loads(json.dumps(to_plain(plan.extra)))
+    )
+
+
+def _report_final(m: Manifest, skipped: bool) -> None:
+    metrics = {k: v for k, v in m.metrics.items() if isinstance(v, int | float)}
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "manifest.json").write_text(json.dumps(to_plain(m), indent=1))
+        tune.report(
+            {**metrics, "member": m.name, "skipped": skipped, "sha256": m.sha256, "done": True},
+            checkpoint=tune.Checkpoint.from_directory(d),
+        )
+
+
+def train_member_trial(config: dict[str, Any], *, plans: dict[str, MemberPlan], preset: Preset, store: str) -> None:
+    """Tune trial for ``plans[config["member"]]``: train it into ``store`` unless it is there already."""
+    set_threads(tune.get_context().get_trial_resources().required_resources.get("CPU", 1.0))
+    plan, st = plans[config["member"]], ArtifactStore(store)
+    if st.exists(plan.name) and st.verify(plan.name).ok and same_plan(st.manifest(plan.name), plan):
+        log.info("%s: already trained with this plan, skipped", plan.name)
+        _report_final(st.manifest(plan.name), skipped=True)
+        return
+    data = load_dataset(preset.dataset, preset.data_root)
+
+    def on_epoch(epoch: int, score: float) -> None:
+        tune.report({"score": score, "epoch": epoch, "member": plan.name, "done": False})
+
+    _report_final(train_member(plan, data, st, on_epoch), skipped=False)
