@@ -77,6 +77,10 @@ def absolute(s: ServeSettings) -> ServeSettings:
     )
 
 
+def _control(num_cpus: float, resources: dict[str, float]) -> dict[str, Any]:
+    return {"num_cpus": num_cpus, **({"resources": dict(resources)} if resources else {})}
+
+
 def application(s: ServeSettings, defenses: dict[str, list[str]]) -> Application:
     """Member hosts, routers and the ingress for ``defenses`` (defense -> member names)."""
     hosts_members = layout(s, {m for ms in defenses.values() for m in ms})
@@ -88,7 +92,7 @@ def application(s: ServeSettings, defenses: dict[str, list[str]]) -> Application
         hosts[h] = MemberHost.options(
             name=h,
             num_replicas=opt.num_replicas,
-            ray_actor_options=opt.actor_options(),
+            ray_actor_options=opt.actor_options(s.gpu_as),
             max_ongoing_requests=s.max_ongoing_requests,
         ).bind(s.store, ms, opt.max_batch_size, opt.batch_wait_timeout_s, opt.max_pass_images)
     # one router per defense; packed, one replica routes for every defense (each replica imports torch)
@@ -99,11 +103,11 @@ def application(s: ServeSettings, defenses: dict[str, list[str]]) -> Application
         used = sorted({host_of[m] for m in ms})
         router = Router.options(
             name=f"router-{g}",
-            ray_actor_options={"num_cpus": s.router_num_cpus},
+            ray_actor_options=_control(s.router_num_cpus, s.control_resources),
             max_ongoing_requests=s.max_ongoing_requests,
         ).bind(ds, s.preset, s.store, {h: hosts[h] for h in used}, {m: host_of[m] for m in ms}, s.deadline_s, s.quorum)
         routers.update({d: router for d in ds})
     shape = store.manifest(next(iter(host_of))).input_shape
     return Ingress.options(
-        ray_actor_options={"num_cpus": s.ingress_num_cpus}, max_ongoing_requests=s.max_ongoing_requests
+        ray_actor_options=_control(s.ingress_num_cpus, s.control_resources), max_ongoing_requests=s.max_ongoing_requests
     ).bind(routers, list(shape), s.max_images, s.max_bytes, s.admin_token)

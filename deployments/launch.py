@@ -77,17 +77,25 @@ def connect(address: str | None, num_cpus: float | None = None) -> str:
     return ray.get_runtime_context().gcs_address
 
 
-def deploy_proxies(host: str, http_port: int, grpc_port: int) -> None:
-    """Start Serve with its HTTP and gRPC proxies (no-op options if Serve already runs)."""
+def deploy_proxies(host: str, http_port: int, grpc_port: int, proxy_location: str = "EveryNode") -> None:
+    """Start Serve with its HTTP and gRPC proxies (no-op options if Serve already runs). ``HeadOnly`` when
+    several nodes share one machine (their proxies would want the same ports)."""
     serve.start(
+        proxy_location=proxy_location,
         http_options={"host": host, "port": http_port},
         grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=[SERVICER]),
     )
 
 
-def deploy(s: ServeSettings, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 9000) -> Endpoints:
+def deploy(
+    s: ServeSettings,
+    host: str = "127.0.0.1",
+    http_port: int = 8000,
+    grpc_port: int = 9000,
+    proxy_location: str = "EveryNode",
+) -> Endpoints:
     """Start Serve's HTTP and gRPC proxies and deploy the application (replacing one of the same name)."""
-    deploy_proxies(host, http_port, grpc_port)
+    deploy_proxies(host, http_port, grpc_port, proxy_location)
     t0 = time.perf_counter()
     s = absolute(s)
     defenses = served_defenses(s)  # built once: the app and the printed endpoints use the same answer

@@ -25,10 +25,15 @@ class MemberOptions:
     batch_wait_timeout_s: float = 0.002
     max_pass_images: int = 1024  # images per forward pass (a merged batch is split): bounds activation memory
 
-    def actor_options(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
-        if self.resources:
-            out["resources"] = dict(self.resources)
+    def actor_options(self, gpu_as: str = "") -> dict[str, Any]:
+        """Ray actor options; with ``gpu_as`` the GPU request becomes a request for that custom resource (the
+        same fractional placement on a cluster without GPUs)."""
+        out: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": 0.0 if gpu_as else self.num_gpus}
+        resources = dict(self.resources)
+        if gpu_as and self.num_gpus > 0:
+            resources[gpu_as] = resources.get(gpu_as, 0.0) + self.num_gpus
+        if resources:
+            out["resources"] = resources
         return out
 
 
@@ -46,12 +51,14 @@ class ServeSettings:
     max_ongoing_requests: int = 256
     router_num_cpus: float = 0.05
     ingress_num_cpus: float = 0.05
+    control_resources: dict[str, float] = field(default_factory=dict)  # routers and ingress (e.g. {"head": 0.01})
     deadline_s: float = 10.0  # per request, over every fan-out stage
     quorum: float = 0.5  # more than this fraction of a stage's voters must answer
     max_images: int = 64
     max_bytes: int = 8_000_000
     admin_token: str = ""  # empty: diagnostics and fixed seeds are off
     application: str = "ensdef"
+    gpu_as: str = ""  # request this custom resource instead of GPUs (placement tests on CPU-only clusters)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> ServeSettings:

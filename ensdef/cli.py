@@ -238,17 +238,14 @@ def _serve(a: argparse.Namespace) -> tuple[Any, int]:
     import importlib
     import time
 
-    import yaml
-
     launch = importlib.import_module("deployments.launch")
     settings_mod = importlib.import_module("deployments.settings")
     args: dict[str, Any] = {}
-    http, grpc_port = {"host": a.host, "port": a.http_port}, a.grpc_port
+    http, grpc_port, proxies = {"host": a.host, "port": a.http_port}, a.grpc_port, "EveryNode"
     if a.config:
-        cfg = yaml.safe_load(Path(a.config).read_text())
-        args = dict(cfg["applications"][0].get("args") or {})
-        http = {**http, **(cfg.get("http_options") or {})}
-        grpc_port = (cfg.get("grpc_options") or {}).get("port", grpc_port)
+        cfg = importlib.import_module("deployments.config").load_serve_config(Path(a.config))
+        args = cfg.settings.to_dict()
+        http, grpc_port, proxies = {**http, **cfg.http}, cfg.grpc_port, cfg.proxy_location
     for key, value in (
         ("preset", a.preset),
         ("store", a.store),
@@ -269,12 +266,13 @@ def _serve(a: argparse.Namespace) -> tuple[Any, int]:
             "missing artifacts (run with --train-missing, or `ensdef train`): "
             + "; ".join(f"{k}: {v}" for k, v in missing.items())
         )
-    address = launch.connect(a.address, a.num_cpus)
-    ep = launch.deploy(settings, http["host"], int(http["port"]), int(grpc_port))
+    with contextlib.redirect_stdout(sys.stderr):  # Ray's start-up lines; stdout stays the result
+        address = launch.connect(a.address, a.num_cpus)
+        ep = launch.deploy(settings, http["host"], int(http["port"]), int(grpc_port), a.proxy_location or proxies)
     out = {**ep.to_json(), "not_served": missing}
+    if a.detach:  # the application stays on the cluster after this process ends
+        return {**out, "detached": True, "ray_address": address}, 0
     print(json.dumps(out, indent=2) if a.json else _render(out), flush=True)
-    if a.detach:
-        return {"detached": True, "ray_address": address}, 0
     try:
         while True:
             time.sleep(3600)
@@ -466,6 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--address", help="Ray address; default: a running cluster, else a new local one")
     sv.add_argument("--num-cpus", type=float, default=None, help="CPUs of a new local Ray")
     sv.add_argument("--train-missing", action="store_true", help="train the preset's missing artifacts first")
+    sv.add_argument(
+        "--proxy-location", choices=["EveryNode", "HeadOnly"], default=None, help="HeadOnly: nodes share a machine"
+    )
     sv.add_argument("--detach", action="store_true", help="return after deploying (needs an external Ray)")
     data_args(sv)
     return p

@@ -40,6 +40,12 @@ def test_settings_refuse_unknown_keys_and_bad_values() -> None:
         "num_gpus": 0.1,
         "resources": {"gpu_node": 0.01},
     }
+    assert s.options_for("tempnet-01", "tempnet").actor_options("gpu_slot") == {
+        "num_cpus": 0.1,
+        "num_gpus": 0.0,
+        "resources": {"gpu_node": 0.01, "gpu_slot": 0.1},
+    }
+    assert s.options_for("verifier-mlp", "verifier").actor_options("gpu_slot") == {"num_cpus": 0.1, "num_gpus": 0.0}
     assert ServeSettings.from_dict(s.to_dict()) == s
 
 

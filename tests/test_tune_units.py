@@ -33,7 +33,7 @@ def test_search_space_checks_fields_and_kinds() -> None:
     space = search_space(SweepConfig({"weight_decay": {"loguniform": [1e-9, 1e-4]}, "lr": {"choice": [1, 2]}}))
     assert set(space) == {"weight_decay", "lr"}
     assert 1e-9 <= space["weight_decay"].sample() <= 1e-4 and space["lr"].sample() in (1, 2)
-    with pytest.raises(ValueError, match="not a training setting"):
+    with pytest.raises(ValueError, match="not a training setting or plan knob"):
         search_space(SweepConfig({"level": {"uniform": [0.1, 0.5]}}))
     with pytest.raises(ValueError, match="give one of"):
         search_space(SweepConfig({"lr": {"normal": [0, 1]}}))
@@ -54,6 +54,17 @@ def test_swept_plan_records_its_values_and_matches_only_itself() -> None:
     assert not same_plan(m, dataclasses.replace(plan, train=dataclasses.replace(plan.train, epochs=99)))
 
 
+def test_swept_rls_plan_changes_m_and_k() -> None:
+    plan = plan_pool(load_preset(FIXTURES / "tiny.yaml"), Pool.RLS)[0]
+    s = swept(plan, {"m": 3, "k": 1, "lr": 0.05})
+    assert s.extra["build_kwargs"]["m"] == 3 and s.extra["k"] == 1 and s.train.lr == 0.05
+    assert plan.extra["build_kwargs"]["m"] == 2  # the original plan is untouched
+    from ensdef.models import build
+
+    net = build(s.architecture, (1, 28, 28), 10, **s.extra["build_kwargs"])
+    assert net.num_submodels == 3
+
+
 def test_team_grid_is_the_product_and_round_trips() -> None:
     t = load_preset(FIXTURES / "tiny.yaml").tune.teams
     g = grid(t)
@@ -61,6 +72,16 @@ def test_team_grid_is_the_product_and_round_trips() -> None:
     assert {x.policy for x in g} == {TeamPolicy.RAND_KAPPA, TeamPolicy.BEST_KAPPA}
     assert all(TeamTrial.from_json(x.to_json()) == x for x in g)
     assert g[0] == TeamTrial(2, 3, 1.01, TeamPolicy.RAND_KAPPA, CrossLayerMode.ONE_TO_MANY)
+
+
+@pytest.mark.parametrize("preset", ["mnist5k", "cifar10", str(FIXTURES / "tiny.yaml")])
+def test_every_preset_sweep_is_a_valid_space_over_a_pool(preset: str) -> None:
+    p = load_preset(preset)
+    for pool, sweep in p.tune.sweeps.items():
+        plans = plan_pool(p, Pool(pool))
+        space = search_space(sweep)
+        assert swept(plans[0], {k: v.sample() for k, v in space.items()}).extra["sweep"].keys() == space.keys()
+    assert grid(p.tune.teams)
 
 
 def test_cli_pool_names_are_the_pools() -> None:

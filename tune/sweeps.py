@@ -34,14 +34,25 @@ SPACES: dict[str, Callable[..., Any]] = {
     "choice": lambda *values: tune.choice(list(values)),
 }
 TRAIN_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
+# Settings of a plan beyond its TrainConfig that a sweep may vary (their validation scores stay comparable:
+# RLS's is the accuracy of N sampled networks whatever M and K). A denoiser's noise level is not one: its
+# validation MSE is measured under its own noise, so levels are members of the pool, not a sweep axis.
+PLAN_KNOBS: dict[str, Callable[[MemberPlan, Any], MemberPlan]] = {
+    "m": lambda p, v: dataclasses.replace(
+        p, extra={**p.extra, "build_kwargs": {**p.extra["build_kwargs"], "m": int(v)}}
+    ),
+    "k": lambda p, v: dataclasses.replace(p, extra={**p.extra, "k": int(v)}),
+}
 
 
 def search_space(sweep: SweepConfig) -> dict[str, Any]:
-    """Tune distributions for ``sweep.space``: each key a TrainConfig field, each value ``{kind: args}``."""
+    """Tune distributions for ``sweep.space``: each key a TrainConfig field or a ``PLAN_KNOBS`` name, each
+    value ``{kind: args}``."""
     out = {}
     for name, spec in sweep.space.items():
-        if name not in TRAIN_FIELDS:
-            raise ValueError(f"sweep field {name!r} is not a training setting ({', '.join(sorted(TRAIN_FIELDS))})")
+        if name not in TRAIN_FIELDS | PLAN_KNOBS.keys():
+            known = ", ".join(sorted(TRAIN_FIELDS | PLAN_KNOBS.keys()))
+            raise ValueError(f"sweep field {name!r} is not a training setting or plan knob ({known})")
         if len(spec) != 1 or next(iter(spec)) not in SPACES:
             raise ValueError(f"sweep field {name!r}: give one of {sorted(SPACES)}, got {spec}")
         kind, args = next(iter(spec.items()))
@@ -50,10 +61,14 @@ def search_space(sweep: SweepConfig) -> dict[str, Any]:
 
 
 def swept(plan: MemberPlan, values: dict[str, Any]) -> MemberPlan:
-    """``plan`` with the trial's training values and a record of them in ``extra["sweep"]``."""
-    return dataclasses.replace(
-        plan, train=dataclasses.replace(plan.train, **values), extra={**plan.extra, "sweep": dict(values)}
-    )
+    """``plan`` with the trial's values (training settings and plan knobs) and a record of them in
+    ``extra["sweep"]``."""
+    train = {k: v for k, v in values.items() if k in TRAIN_FIELDS}
+    plan = dataclasses.replace(plan, train=dataclasses.replace(plan.train, **train))
+    for k, v in values.items():
+        if k not in TRAIN_FIELDS:
+            plan = PLAN_KNOBS[k](plan, v)
+    return dataclasses.replace(plan, extra={**plan.extra, "sweep": dict(values)})
 
 
 def sweep_trial(config: dict[str, Any], *, plans: dict[str, MemberPlan], preset: Preset) -> None:

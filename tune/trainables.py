@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import tune
 
 from ensdef.config import to_plain
@@ -40,7 +41,14 @@ def _report_final(m: Manifest, skipped: bool) -> None:
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "manifest.json").write_text(json.dumps(to_plain(m), indent=1))
         tune.report(
-            {**metrics, "member": m.name, "skipped": skipped, "sha256": m.sha256, "done": True},
+            {
+                **metrics,
+                "member": m.name,
+                "skipped": skipped,
+                "sha256": m.sha256,
+                "done": True,
+                "node_id": ray.get_runtime_context().get_node_id(),  # where the trial ran (multi-node spread)
+            },
             checkpoint=tune.Checkpoint.from_directory(d),
         )
 
