@@ -139,6 +139,10 @@ class LocalCluster:
     def stop(self) -> None:
         for name in [n for n in self.procs if n != "head"] + (["head"] if "head" in self.procs else []):
             self.stop_node(name)
+        # `ray start --head` records the cluster for `ray.init()` to find; do not leave a dead one behind
+        current = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
+        if current.exists() and current.read_text().strip().endswith(f":{self.port}"):
+            current.unlink()
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -36,7 +36,7 @@ def start_local(
     extra: dict[str, int] = {"_metrics_export_port": metrics_port} if metrics_port else {}
     if object_store_mb:
         extra["object_store_memory"] = object_store_mb * 2**20
-    ray.init(num_cpus=num_cpus, log_to_driver=False, **extra)
+    ray.init(address="local", num_cpus=num_cpus, log_to_driver=False, **extra)  # never a stale `ray start` one
 
 
 @dataclass(frozen=True)
