@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,7 @@ class LocalCluster:
         self.address = f"127.0.0.1:{self.port}"
         self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"  # the state API (``ray list ...``)
         self.procs: dict[str, subprocess.Popen] = {}
+        self.logs = Path(tempfile.mkdtemp(prefix="ensdef-cluster-"))  # one `ray start` log per node
 
     def _args(self, spec: NodeSpec) -> list[str]:
         ports = [free_port() for _ in range(7)]
@@ -78,9 +80,10 @@ class LocalCluster:
 
     def _launch(self, spec: NodeSpec) -> None:
         env = {**os.environ, **LOCAL_ENV}
-        self.procs[spec.name] = subprocess.Popen(
-            self._args(spec), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True
-        )
+        with open(self.logs / f"{spec.name}.log", "ab") as log_file:
+            self.procs[spec.name] = subprocess.Popen(
+                self._args(spec), stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
 
     def state(self, kind: str, *filters: str) -> list[dict]:
         """``ray list <kind>`` through the state API as JSON rows (empty while the API is not up)."""
@@ -107,6 +110,9 @@ class LocalCluster:
     def wait_for(self, count: int, timeout_s: float = 180) -> None:
         deadline = time.monotonic() + timeout_s
         while len(self.node_ids()) < count:
+            if dead := [n for n, p in self.procs.items() if p.poll() is not None]:
+                tail = (self.logs / f"{dead[0]}.log").read_text()[-2000:]
+                raise RuntimeError(f"`ray start` exited for {dead}; {dead[0]}'s log ends:\n{tail}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{count} Ray nodes not alive after {timeout_s:.0f}s")
             time.sleep(1)
@@ -114,10 +120,12 @@ class LocalCluster:
     def start(self) -> str:
         self._launch(self.head)
         try:
-            for w in self.workers.values():
-                time.sleep(1)
+            # one node at a time: a worker's `ray start` times out when the head (or a sibling starting at the
+            # same moment on a small machine) is not up yet
+            self.wait_for(1)
+            for i, w in enumerate(self.workers.values(), start=2):
                 self._launch(w)
-            self.wait_for(1 + len(self.workers))
+                self.wait_for(i)
         except BaseException:
             self.stop()  # nothing left running when start-up fails
             raise
@@ -135,6 +143,7 @@ class LocalCluster:
 
     def start_node(self, name: str) -> None:
         self._launch(self.workers[name])
+        self.wait_for(len(self.procs))
 
     def stop(self) -> None:
         for name in [n for n in self.procs if n != "head"] + (["head"] if "head" in self.procs else []):
