@@ -90,29 +90,32 @@ def sweep_pool(preset: Preset, store: ArtifactStore, pool: Pool, run: TuneRun | 
         raise ValueError(f"preset {preset.name} has no tune.sweeps.{pool.value}; sweeps: {sorted(preset.tune.sweeps)}")
     sweep = preset.tune.sweeps[pool.value]
     plans = {p.name: p for p in plan_pool(preset, pool)}
-    name = run.name or f"{preset.name}-sweep-{pool.value}-{cache_key(to_plain([plans, sweep]))[:8]}"
-    t = tuner(
-        tune.with_resources(
-            tune.with_parameters(sweep_trial, plans=plans, preset=preset), trial_resources(preset.tune, run.gpu_as)
-        ),
-        {"member": tune.grid_search(sorted(plans)), **search_space(sweep)},
-        storage_path(store, run),
-        name,
-        run.resume,
-        num_samples=sweep.samples,
-        scheduler=ASHAScheduler(
-            metric="score",
-            mode="max",
-            grace_period=sweep.grace_period,
-            reduction_factor=sweep.reduction_factor,
-            max_t=max(p.train.epochs for p in plans.values()) + 1,
-        ),
-        max_concurrent_trials=preset.tune.max_concurrent or None,
+    base = run.name or f"{preset.name}-sweep-{pool.value}-{cache_key(to_plain([plans, sweep]))[:8]}"
+    trainable = tune.with_resources(
+        tune.with_parameters(sweep_trial, plans=plans, preset=preset), trial_resources(preset.tune, run.gpu_as)
     )
-    grid = t.fit()
-    chosen = {}
+    chosen, trials = {}, 0
     for member in sorted(plans):
-        done = [r for r in grid if r.config["member"] == member and r.checkpoint and r.metrics.get("final")]
+        # one experiment (and one ASHA) per member: validation scores of different members (e.g. MSE under
+        # different noise types) are not comparable, and a shared ASHA stopped every trial of the harder member
+        grid = tuner(
+            trainable,
+            {"member": member, **search_space(sweep)},
+            storage_path(store, run),
+            f"{base}-{member}",
+            run.resume,
+            num_samples=sweep.samples,
+            scheduler=ASHAScheduler(
+                metric="score",
+                mode="max",
+                grace_period=sweep.grace_period,
+                reduction_factor=sweep.reduction_factor,
+                max_t=plans[member].train.epochs + 1,
+            ),
+            max_concurrent_trials=preset.tune.max_concurrent or None,
+        ).fit()
+        trials += len(grid)
+        done = [r for r in grid if r.checkpoint and r.metrics.get("final")]
         if not done:
             raise RuntimeError(f"{member}: no sweep trial finished (errors: {[str(r.error) for r in grid if r.error]})")
         best = max(done, key=lambda r: r.metrics["score"])
@@ -124,6 +127,6 @@ def sweep_pool(preset: Preset, store: ArtifactStore, pool: Pool, run: TuneRun | 
             "score": best.metrics["score"],
             "values": manifest.extra["sweep"],
             "finished_scores": sorted(r.metrics["score"] for r in done),
-            "trials": sum(r.config["member"] == member for r in grid),
+            "trials": len(grid),
         }
-    return {"store": store.root, "pool": pool.value, "experiment": name, "chosen": chosen, "trials": len(grid)}
+    return {"store": store.root, "pool": pool.value, "experiment": base, "chosen": chosen, "trials": trials}
