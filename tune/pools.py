@@ -64,8 +64,11 @@ def tuner(
 def tune_pools(preset: Preset, store: ArtifactStore, pools: list[Pool], run: TuneRun | None = None) -> dict[str, Any]:
     """Train every member of ``pools`` as parallel Tune trials into ``store``; returns what was stored."""
     run = run or TuneRun()
-    plans: dict[str, MemberPlan] = {p.name: p for pool in pools for p in plan_pool(preset, pool)}
-    pool_of = {p.name: pool for pool in pools for p in plan_pool(preset, pool)}
+    plans: dict[str, MemberPlan] = {}
+    pool_of: dict[str, Pool] = {}
+    for pool in pools:
+        for p in plan_pool(preset, pool):
+            plans[p.name], pool_of[p.name] = p, pool
     trainable = tune.with_resources(
         tune.with_parameters(train_member_trial, plans=plans, preset=preset, store=store.root),
         trial_resources(preset.tune, run.gpu_as),

@@ -22,5 +22,8 @@ def threads_for(cpus: float) -> int:
     return max(1, int(cpus))
 
 
-def set_threads(cpus: float) -> None:
-    torch.set_num_threads(threads_for(cpus))
+def use_trial_cpus() -> None:
+    """Inside a trial: as many torch threads as the trial holds CPUs."""
+    from ray import tune
+
+    torch.set_num_threads(threads_for(tune.get_context().get_trial_resources().required_resources.get("CPU", 1.0)))

@@ -24,7 +24,7 @@ from ensdef.pools import MemberPlan, Pool, plan_pool, train_member
 from ensdef.presets import Preset, SweepConfig, TrainConfig
 from ensdef.store import ArtifactStore
 from tune.pools import TuneRun, storage_path, tuner
-from tune.resources import set_threads, trial_resources
+from tune.resources import trial_resources, use_trial_cpus
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def swept(plan: MemberPlan, values: dict[str, Any]) -> MemberPlan:
 
 def sweep_trial(config: dict[str, Any], *, plans: dict[str, MemberPlan], preset: Preset) -> None:
     """Train ``plans[config["member"]]`` with the sampled values into a store inside the trial checkpoint."""
-    set_threads(tune.get_context().get_trial_resources().required_resources.get("CPU", 1.0))
+    use_trial_cpus()
     values = {k: v for k, v in config.items() if k != "member"}
     plan = swept(plans[config["member"]], values)
     data = load_dataset(preset.dataset, preset.data_root)

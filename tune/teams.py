@@ -17,14 +17,14 @@ from ensdef.presets import Preset
 from ensdef.store import ArtifactStore
 from ensdef.team_sweep import SweepData, TeamTrial, grid, save_winner, score_trial, sweep_data
 from tune.pools import TuneRun, storage_path, tuner
-from tune.resources import set_threads, trial_resources
+from tune.resources import trial_resources, use_trial_cpus
 
 log = logging.getLogger(__name__)
 RESULT_KEYS = ("score", "adversarial_dsr", "adversarial_tsr", "benign_psr", "benign_fp", "ranked_teams", "error")
 
 
 def team_trial(config: dict[str, Any], *, preset: Preset, store: str, sd: SweepData) -> None:
-    set_threads(tune.get_context().get_trial_resources().required_resources.get("CPU", 1.0))
+    use_trial_cpus()
     trial = TeamTrial.from_json(config["trial"])
     tune.report({**score_trial(ArtifactStore(store), preset, sd, trial), **config["trial"]})
 

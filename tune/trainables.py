@@ -22,7 +22,7 @@ from ensdef.data import load_dataset
 from ensdef.pools import MemberPlan, train_member
 from ensdef.presets import Preset
 from ensdef.store import ArtifactStore, Manifest
-from tune.resources import set_threads
+from tune.resources import use_trial_cpus
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def _report_final(m: Manifest, skipped: bool) -> None:
 
 def train_member_trial(config: dict[str, Any], *, plans: dict[str, MemberPlan], preset: Preset, store: str) -> None:
     """Tune trial for ``plans[config["member"]]``: train it into ``store`` unless it is there already."""
-    set_threads(tune.get_context().get_trial_resources().required_resources.get("CPU", 1.0))
+    use_trial_cpus()
     plan, st = plans[config["member"]], ArtifactStore(store)
     if st.exists(plan.name) and st.verify(plan.name).ok and same_plan(st.manifest(plan.name), plan):
         log.info("%s: already trained with this plan, skipped", plan.name)

@@ -51,21 +51,22 @@ TUNED = "tuned"  # a team-selection sweep's record inside the artifact (``ensdef
 def load_teams(store: ArtifactStore, preset: Preset, device: torch.device) -> tuple[TeamSelection, list[nn.Module]]:
     """The saved team selection and its verifiers, in the selection's order. The policy is the sweep's when
     the selection was tuned (``ensdef tune-teams``), else the preset's."""
+    return _teams(_saved_teams(store), store, preset, device)
+
+
+def _saved_teams(store: ArtifactStore) -> dict:
     if not store.has_json(TEAMS_ARTIFACT):
         raise FileNotFoundError(f"no team selection in store {store.root}; run `ensdef select` first")
-    saved = store.load_json(TEAMS_ARTIFACT)
+    return store.load_json(TEAMS_ARTIFACT)
+
+
+def _teams(
+    saved: dict, store: ArtifactStore, preset: Preset, device: torch.device
+) -> tuple[TeamSelection, list[nn.Module]]:
     teams = TeamSelection.from_json(saved)
     if TUNED not in saved:
         teams = teams.with_policy(preset.modef.policy)
     return teams, [store.load_model(n, device)[0] for n in teams.members]
-
-
-def tuned_mode(store: ArtifactStore) -> CrossLayerMode | None:
-    """The cross-layer mode a team-selection sweep chose, if the store's selection was tuned."""
-    if not store.has_json(TEAMS_ARTIFACT):
-        return None
-    saved = store.load_json(TEAMS_ARTIFACT)
-    return CrossLayerMode(saved[TUNED]["mode"]) if TUNED in saved else None
 
 
 @register_defense("denoising")
@@ -83,15 +84,17 @@ def _verification(store: ArtifactStore, preset: Preset, device: torch.device) ->
 
 def _crosslayer(mode: CrossLayerMode | None) -> Builder:
     def build(store: ArtifactStore, preset: Preset, device: torch.device) -> Defense:
-        teams, verifiers = load_teams(store, preset, device)
+        saved = _saved_teams(store)  # read once: the selection, and the mode a sweep chose for it
+        teams, verifiers = _teams(saved, store, preset, device)
         names, denoisers = load_role(store, Role.DENOISER, device)
         c = preset.modef
+        tuned = CrossLayerMode(saved[TUNED]["mode"]) if TUNED in saved else None
         return CrossLayerEnsemble(
             denoisers,
             load_target(store, device),
             verifiers,
             teams,
-            mode or tuned_mode(store) or c.cross_layer,
+            mode or tuned or c.cross_layer,
             c.vote,
             c.on_disagree,
             c.consensus,
