@@ -1,15 +1,16 @@
 """Served against in-process, per defense, measured side by side in one run on one machine.
 
-* throughput: HTTP at concurrency 32 (``--images-per-request`` images per request, 1 by default; Serve
-  batches concurrent requests inside the member replicas) against the in-process batched ``decide`` of 32
-  images;
+* throughput: HTTP (and, with ``--grpc``, gRPC) at concurrency 32 with ``--images-per-request`` images per
+  request (32 by default; Serve batches concurrent requests inside the member replicas) against the
+  in-process batched ``decide`` of batches of the same size (at least 32 images); HTTP bodies are base64
+  ``.npy`` (``--wire json`` sends nested lists), each client thread keeps its connection alive;
 * latency: HTTP p50 / p99 at concurrency 1 against in-process single-image ``decide``;
 * peak memory (PSS) of the whole stack (every Ray process plus this driver), sampled throughout.
 
 Goal on the 2-core machine: served throughput at least half of in-process; whole stack under 8 GB.
 
     .venv/bin/python benchmarks/serve_overhead.py --store DIR [--preset mnist5k] [--packing pool]
-        [--defenses a,b] [--requests 128] [--images-per-request 1]
+        [--defenses a,b] [--requests 128] [--images-per-request 32] [--wire npy|json] [--grpc]
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 
 from deployments.launch import deploy, start_local
 from deployments.settings import ServeSettings
+from ensdef.client import EnsdefClient, npy_body
 from ensdef.data import load_dataset
 from ensdef.defenses.registry import DEFENSES, build_defense
 from ensdef.presets import load_preset
@@ -80,7 +82,11 @@ def main() -> None:
     ap.add_argument("--defenses", default=None)
     ap.add_argument("--requests", type=int, default=128)
     ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--images-per-request", type=int, default=1)
+    ap.add_argument("--images-per-request", type=int, default=32)
+    ap.add_argument("--wire", default="npy", choices=["npy", "json"], help="HTTP body encoding")
+    ap.add_argument("--grpc", action="store_true", help="also measure gRPC throughput")
+    ap.add_argument("--max-pass-images", type=int, default=256, help="member hosts' images per forward pass")
+    ap.add_argument("--member-threads", type=int, default=0, help="member hosts' torch threads (0: Ray's default)")
     ap.add_argument("--object-store-mb", type=int, default=1024, help="object store of the local Ray")
     a = ap.parse_args()
     torch.set_num_threads(2)
@@ -95,7 +101,7 @@ def main() -> None:
             d = build_defense(name, store, preset)
         except FileNotFoundError:
             continue
-        batch = x[: a.concurrency]
+        batch = x[: max(a.images_per_request, 32)]
         d.decide(batch, make_generator(0))  # warm up
         reps = max(1, a.requests // a.concurrency)
         t = time.perf_counter()
@@ -114,8 +120,9 @@ def main() -> None:
         "store": a.store,
         "preset": a.preset,
         "packing": a.packing,
-        "members": {"num_cpus": 0.1},
+        "members": {"num_cpus": 0.1, "max_pass_images": a.max_pass_images, "threads": a.member_threads},
         "deadline_s": 120.0,
+        "max_images": max(64, a.images_per_request),  # the ingress refuses larger requests
         "defenses": sorted(inproc),
     }
     s = ServeSettings.from_dict(args)
@@ -123,30 +130,53 @@ def main() -> None:
     ep = deploy(s, http_port=8123, grpc_port=9123)
     deploy_s = time.perf_counter() - t0
     rows = []
+    local = threading.local()  # one keep-alive session per client thread
+    grpc_client = EnsdefClient(ep.grpc, timeout_s=120) if a.grpc else None
+
+    def images(i: int, k: int) -> torch.Tensor:
+        j = (i * k) % (len(x) - k)
+        return x[j : j + k]
+
+    def throughput(call: object, k: int) -> float:
+        t = time.perf_counter()
+        with ThreadPoolExecutor(a.concurrency) as pool:
+            list(pool.map(lambda i: call(i, k), range(a.requests)))  # type: ignore[operator]
+        return a.requests * k / (time.perf_counter() - t)
+
     for name in ep.defenses:
         inproc_tput, lat_in = inproc[name]
         url = f"{ep.http}/v1/{name}/classify"
 
-        def one(i: int, url: str = url, k: int = 1) -> float:
+        def one(i: int, k: int, url: str = url) -> float:
+            if not hasattr(local, "session"):
+                local.session = requests.Session()
+            xs = images(i, k)
+            body = npy_body(xs) if a.wire == "npy" else {"images": xs.tolist()}
             t = time.perf_counter()
-            j = (i * k) % (len(x) - k)
-            r = requests.post(url, json={"images": x[j : j + k].tolist()}, timeout=120)
+            r = local.session.post(url, json=body, timeout=120)
             r.raise_for_status()
             return time.perf_counter() - t
 
+        def one_grpc(i: int, k: int, name: str = name) -> None:
+            assert grpc_client is not None
+            grpc_client.classify(name, images(i, k))
+
         for i in range(5):
-            one(i)  # warm up the path
-        lat_http = [one(i) for i in range(30)]
-        t = time.perf_counter()
-        with ThreadPoolExecutor(a.concurrency) as pool:
-            list(pool.map(lambda i: one(i, k=a.images_per_request), range(a.requests)))
-        http_tput = a.requests * a.images_per_request / (time.perf_counter() - t)
+            one(i, 1)  # warm up the path
+        lat_http = [one(i, 1) for i in range(30)]
+        http_tput = throughput(one, a.images_per_request)
+        grpc_tput = throughput(one_grpc, a.images_per_request) if grpc_client else None
         rows.append(
             {
                 "defense": name,
                 "inprocess_images_per_s": round(inproc_tput, 1),
                 "http_images_per_s": round(http_tput, 1),
                 "throughput_ratio": round(http_tput / inproc_tput, 3),
+                **(
+                    {"grpc_images_per_s": round(grpc_tput, 1), "grpc_ratio": round(grpc_tput / inproc_tput, 3)}
+                    if grpc_tput
+                    else {}
+                ),
                 "inprocess_p50_ms": round(1e3 * statistics.median(lat_in), 2),
                 "http_p50_ms": round(1e3 * statistics.median(lat_http), 2),
                 "http_p99_ms": round(1e3 * pct(lat_http, 0.99), 2),
@@ -162,6 +192,10 @@ def main() -> None:
                 "packing": a.packing,
                 "concurrency": a.concurrency,
                 "images_per_request": a.images_per_request,
+                "inprocess_batch": max(a.images_per_request, 32),
+                "wire": a.wire,
+                "max_pass_images": a.max_pass_images,
+                "member_threads": a.member_threads,
                 "member_num_cpus": 0.1,
                 "deploy_seconds": round(deploy_s, 1),
                 "peak_stack_memory_gb": round(mem.peak / 2**30, 2),

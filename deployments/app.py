@@ -1,4 +1,5 @@
-"""The Serve application: member hosts, one router per defense, one ingress (HTTP and gRPC).
+"""The Serve application: member hosts, one router per defense (packed: the ingress routes), one ingress (HTTP
+and gRPC).
 
 ``build_app(args)`` is the application builder named in ``deployments/serve.yaml`` (``serve deploy``) and
 used by ``ensdef serve``; ``args`` are :class:`~deployments.settings.ServeSettings`.
@@ -94,20 +95,34 @@ def application(s: ServeSettings, defenses: dict[str, list[str]]) -> Application
             num_replicas=opt.num_replicas,
             ray_actor_options=opt.actor_options(s.gpu_as),
             max_ongoing_requests=s.max_ongoing_requests,
-        ).bind(s.store, ms, opt.max_batch_size, opt.batch_wait_timeout_s, opt.max_pass_images)
-    # one router per defense; packed, one replica routes for every defense (each replica imports torch)
-    groups = {"all": list(defenses)} if s.packing is Packing.POOL else {d: [d] for d in defenses}
-    routers = {}
-    for g, ds in groups.items():
+        ).bind(s.store, ms, opt.max_batch_size, opt.batch_wait_timeout_s, opt.max_pass_images, opt.threads)
+
+    def routing(ds: list[str]) -> dict[str, Any]:
         ms = sorted({m for d in ds for m in defenses[d]})
         used = sorted({host_of[m] for m in ms})
-        router = Router.options(
-            name=f"router-{g}",
-            ray_actor_options=_control(s.router_num_cpus, s.control_resources),
-            max_ongoing_requests=s.max_ongoing_requests,
-        ).bind(ds, s.preset, s.store, {h: hosts[h] for h in used}, {m: host_of[m] for m in ms}, s.deadline_s, s.quorum)
-        routers.update({d: router for d in ds})
+        return {
+            "defenses": ds,
+            "preset": s.preset,
+            "store": s.store,
+            "hosts": {h: hosts[h] for h in used},
+            "host_of": {m: host_of[m] for m in ms},
+            "deadline_s": s.deadline_s,
+            "quorum": s.quorum,
+        }
+
+    # one router deployment per defense; packed, the ingress routes every defense itself (one hop less, and
+    # one torch-importing replica fewer)
+    routers, inline = {}, None
+    if s.packing is Packing.POOL:
+        inline = routing(list(defenses))
+    else:
+        for d in defenses:
+            routers[d] = Router.options(
+                name=f"router-{d}",
+                ray_actor_options=_control(s.router_num_cpus, s.control_resources),
+                max_ongoing_requests=s.max_ongoing_requests,
+            ).bind(**routing([d]))
     shape = store.manifest(next(iter(host_of))).input_shape
     return Ingress.options(
         ray_actor_options=_control(s.ingress_num_cpus, s.control_resources), max_ongoing_requests=s.max_ongoing_requests
-    ).bind(routers, list(shape), s.max_images, s.max_bytes, s.admin_token)
+    ).bind(routers, inline, list(shape), s.max_images, s.max_bytes, s.admin_token)

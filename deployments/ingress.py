@@ -1,5 +1,6 @@
 """Ingress: HTTP (FastAPI through ``@serve.ingress``) and gRPC (Serve's gRPC proxy calls ``Classify`` and
-``ListDefenses`` on this deployment). Parses and validates, asks the defense's router, answers. Every bad
+``ListDefenses`` on this deployment). Parses and validates, routes the request (itself, when packed, or
+through the defense's router deployment), answers. Every bad
 input is a 4xx / INVALID_ARGUMENT with a message; below quorum is 503 / UNAVAILABLE.
 
 Per-client query counts (the signal of a query-based attack) are exported per client id: the
@@ -21,7 +22,7 @@ from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter
 
-from deployments.router import Verdict
+from deployments.router import Routing, Verdict
 from ensdef.proto import ensdef_pb2
 from ensdef.validation import InvalidInput, Limits, TooLarge, check_bytes, from_image_file, from_raw, parse_json
 
@@ -48,9 +49,19 @@ def _fail(ctx: RayServegRPCContext, code: grpc.StatusCode, details: str) -> ensd
 @serve.ingress(app)
 class Ingress:
     def __init__(
-        self, routers: dict[str, DeploymentHandle], shape: list[int], max_images: int, max_bytes: int, admin_token: str
+        self,
+        routers: dict[str, DeploymentHandle],
+        inline: dict[str, Any] | None,
+        shape: list[int],
+        max_images: int,
+        max_bytes: int,
+        admin_token: str,
     ) -> None:
+        """``routers``: defense -> router deployment; ``inline``: :class:`Routing` arguments for the defenses this
+        replica routes itself (packed)."""
         self.routers = routers
+        self.local = Routing(**inline) if inline else None
+        self.served = sorted(set(routers) | set(self.local.defenses if self.local else ()))
         self.limits = Limits((int(shape[0]), int(shape[1]), int(shape[2])), max_images, max_bytes)
         self.admin_token = admin_token
         self.queries = Counter("ensdef_client_queries", description="images per client", tag_keys=("client",))
@@ -71,21 +82,23 @@ class Ingress:
         return seed
 
     async def _decide(self, defense: str, x: torch.Tensor, seed: int, client: str) -> Verdict:
-        if defense not in self.routers:
-            raise Unknown(f"unknown defense {defense!r}; served: {', '.join(sorted(self.routers))}")
+        if defense not in self.served:
+            raise Unknown(f"unknown defense {defense!r}; served: {', '.join(self.served)}")
         self.queries.inc(len(x), tags={"client": client})
+        if self.local and defense in self.local.defenses:
+            return await self.local.classify(defense, x, seed)
         return await self.routers[defense].classify.remote(defense, x, seed)
 
     # --- HTTP -------------------------------------------------------------------------------------------
     @app.get("/healthz")
     def healthz(self) -> dict[str, Any]:
-        return {"status": "ok", "defenses": sorted(self.routers)}
+        return {"status": "ok", "defenses": self.served}
 
     @app.get("/v1/defenses")
     def defenses(self) -> dict[str, Any]:
         c, h, w = self.limits.shape
         return {
-            "defenses": sorted(self.routers),
+            "defenses": self.served,
             "input": {"shape": [c, h, w], "range": [0, 1], "max_images": self.limits.max_images},
         }
 
@@ -157,4 +170,4 @@ class Ingress:
     async def ListDefenses(  # noqa: N802
         self, request: ensdef_pb2.ListDefensesRequest, grpc_context: RayServegRPCContext
     ) -> ensdef_pb2.ListDefensesResponse:
-        return ensdef_pb2.ListDefensesResponse(defenses=sorted(self.routers))
+        return ensdef_pb2.ListDefensesResponse(defenses=self.served)

@@ -38,8 +38,16 @@ def _prepared(job: Job, device: torch.device) -> Job:
 @serve.deployment
 class MemberHost:
     def __init__(
-        self, store: str, members: list[str], max_batch_size: int, batch_wait_timeout_s: float, max_pass_images: int
+        self,
+        store: str,
+        members: list[str],
+        max_batch_size: int,
+        batch_wait_timeout_s: float,
+        max_pass_images: int,
+        threads: int = 0,
     ) -> None:
+        if threads > 0:  # else Ray's OMP_NUM_THREADS (the replica's num_cpus, at least 1)
+            torch.set_num_threads(threads)
         self.device, self.max_pass_images = _device(), max_pass_images
         s = ArtifactStore(store)
         self.models = {n: s.load_model(n, self.device)[0] for n in members}
@@ -52,7 +60,7 @@ class MemberHost:
             tag_keys=("host",),
         )
         self.host = "+".join(members) if len(members) <= 3 else f"{members[0]}+{len(members) - 1}"
-        log.info("member host %s on %s", members, self.device)
+        log.info("member host %s on %s, %d torch threads", members, self.device, torch.get_num_threads())
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
     async def run(self, requests: list[list[Job]]) -> list[list[torch.Tensor]]:

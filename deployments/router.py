@@ -1,7 +1,8 @@
-"""Defense router: runs a defense's decision plan (``ensdef.plans``) with its jobs fanned out to the member
-deployments. A replica routes for one defense or, packed (small machines), for several. It holds no defense
-math: the plan, the aggregation functions and the random draws are the library's, so a served answer equals
-``defense.decide(x, make_generator(seed))``.
+"""Defense routing: runs a defense's decision plan (``ensdef.plans``) with its jobs fanned out to the member
+deployments. :class:`Routing` is plain Python: the :class:`Router` deployment (one per defense, unpacked) wraps
+it, and packed (small machines) the ingress replica routes for every defense itself, one actor hop less per
+request. It holds no defense math: the plan, the aggregation functions and the random draws are the
+library's, so a served answer equals ``defense.decide(x, make_generator(seed))``.
 
 Each stage sends one request per member host (``asyncio`` tasks) and waits until the request's deadline; a
 host that fails or misses it contributes ``None`` for its jobs, which the plan turns into a degraded vote or,
@@ -40,8 +41,10 @@ class Verdict:
     unavailable: str = ""
 
 
-@serve.deployment
-class Router:
+class Routing:
+    """Routes requests of ``defenses`` through the member ``hosts`` (deployment name -> handle; ``host_of``
+    maps a member to its host)."""
+
     def __init__(
         self,
         defenses: list[str],
@@ -120,3 +123,8 @@ class Router:
 
     def members(self) -> dict[str, Any]:
         return {d: sorted(x.named_members()) for d, x in self.defenses.items()}
+
+
+@serve.deployment
+class Router(Routing):
+    """A router replica: :class:`Routing` for one defense (or several) behind its own deployment."""

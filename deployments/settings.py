@@ -23,7 +23,10 @@ class MemberOptions:
     num_replicas: int = 1
     max_batch_size: int = 64  # requests merged by @serve.batch
     batch_wait_timeout_s: float = 0.002
-    max_pass_images: int = 1024  # images per forward pass (a merged batch is split): bounds activation memory
+    max_pass_images: int = 256  # images per forward pass (a merged batch is split): bounds im2col and activation memory
+    # torch intra-op threads of the replica; 0 keeps Ray's default (OMP_NUM_THREADS = num_cpus, at least 1). On a
+    # small machine a packed pool replica with fractional num_cpus computes on one core unless given more here.
+    threads: int = 0
 
     def actor_options(self, gpu_as: str = "") -> dict[str, Any]:
         """Ray actor options; with ``gpu_as`` the GPU request becomes a request for that custom resource (the
@@ -49,7 +52,7 @@ class ServeSettings:
     # Serve's default of 5 makes callers poll with backoff under load (throughput collapses at concurrency 32);
     # members batch internally (@serve.batch), so every replica accepts many requests at once
     max_ongoing_requests: int = 256
-    router_num_cpus: float = 0.05
+    router_num_cpus: float = 0.05  # router deployments (packing none; packed, the ingress routes)
     ingress_num_cpus: float = 0.05
     control_resources: dict[str, float] = field(default_factory=dict)  # routers and ingress (e.g. {"head": 0.01})
     deadline_s: float = 10.0  # per request, over every fan-out stage

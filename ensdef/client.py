@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 from typing import Any
 
@@ -48,6 +50,18 @@ class EnsdefClient:
 
     def close(self) -> None:
         self.channel.close()
+
+
+def npy_body(x: torch.Tensor | np.ndarray, seed: int | None = None) -> dict[str, Any]:
+    """The HTTP JSON body ``{"npy": base64 .npy}`` for ``x`` ``[B, C, H, W]``: the compact encoding (a 32-image
+    MNIST batch is 134 KB against 510 KB of nested lists, and parses without a float-by-float loop)."""
+    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
+    body: dict[str, Any] = {"npy": base64.b64encode(buf.getvalue()).decode("ascii")}
+    if seed is not None:
+        body["seed"] = seed
+    return body
 
 
 def _answer(r: ensdef_pb2.Answer) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from ray import tune
 
 from ensdef.attacks.cache import cache_key
 from ensdef.config import to_plain
+from ensdef.cost import longest_first
 from ensdef.data import load_dataset
 from ensdef.pools import POST_STEPS, MemberPlan, Pool, plan_pool
 from ensdef.presets import Preset
@@ -69,8 +70,9 @@ def tune_pools(preset: Preset, store: ArtifactStore, pools: list[Pool], run: Tun
     for pool in pools:
         for p in plan_pool(preset, pool):
             plans[p.name], pool_of[p.name] = p, pool
+    data = load_dataset(preset.dataset, preset.data_root)  # once, into the object store for every trial
     trainable = tune.with_resources(
-        tune.with_parameters(train_member_trial, plans=plans, preset=preset, store=store.root),
+        tune.with_parameters(train_member_trial, plans=plans, preset=preset, store=store.root, data=data),
         trial_resources(preset.tune, run.gpu_as),
     )
     # the plans' digest names the experiment: a changed preset starts a new one (the store still skips members
@@ -79,11 +81,13 @@ def tune_pools(preset: Preset, store: ArtifactStore, pools: list[Pool], run: Tun
     name = run.name or f"{preset.name}-pools-{'-'.join(p.value for p in pools)}-{digest}"
     t = tuner(
         trainable,
-        {"member": tune.grid_search(sorted(plans))},
+        # longest first (measured cost): a long member started last would run alone while the other slots idle
+        {"member": tune.grid_search([p.name for p in longest_first(list(plans.values()), data)])},
         storage_path(store, run),
         name,
         run.resume,
         max_concurrent_trials=preset.tune.max_concurrent or None,
+        reuse_actors=True,  # a finished trial's worker (torch imported) takes the next trial
     )
     grid = t.fit()
     out, errors = [], []
@@ -96,9 +100,7 @@ def tune_pools(preset: Preset, store: ArtifactStore, pools: list[Pool], run: Tun
     if errors:
         raise RuntimeError(f"{len(errors)} Tune trials failed: " + "; ".join(errors))
     post = {}
-    data = None
     for pool in pools:
         if pool in POST_STEPS:
-            data = data or load_dataset(preset.dataset, preset.data_root)
             post[pool.value] = POST_STEPS[pool](preset, data, store, True)
     return {"store": store.root, "preset": preset.name, "experiment": name, "artifacts": out, "post": post}

@@ -19,7 +19,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from ensdef.attacks.cache import cache_key
 from ensdef.config import to_plain
-from ensdef.data import load_dataset
+from ensdef.data import Dataset, load_dataset
 from ensdef.pools import MemberPlan, Pool, plan_pool, train_member
 from ensdef.presets import Preset, SweepConfig, TrainConfig
 from ensdef.store import ArtifactStore
@@ -71,12 +71,11 @@ def swept(plan: MemberPlan, values: dict[str, Any]) -> MemberPlan:
     return dataclasses.replace(plan, extra={**plan.extra, "sweep": dict(values)})
 
 
-def sweep_trial(config: dict[str, Any], *, plans: dict[str, MemberPlan], preset: Preset) -> None:
+def sweep_trial(config: dict[str, Any], *, plans: dict[str, MemberPlan], data: Dataset) -> None:
     """Train ``plans[config["member"]]`` with the sampled values into a store inside the trial checkpoint."""
     use_trial_cpus()
     values = {k: v for k, v in config.items() if k != "member"}
     plan = swept(plans[config["member"]], values)
-    data = load_dataset(preset.dataset, preset.data_root)
     with tempfile.TemporaryDirectory() as d:
         m = train_member(plan, data, ArtifactStore(d), lambda e, s: tune.report({"score": s, "epoch": e}))
         best = m.metrics.get("val_accuracy", -m.metrics.get("val_mse", 0.0))
@@ -91,8 +90,9 @@ def sweep_pool(preset: Preset, store: ArtifactStore, pool: Pool, run: TuneRun | 
     sweep = preset.tune.sweeps[pool.value]
     plans = {p.name: p for p in plan_pool(preset, pool)}
     base = run.name or f"{preset.name}-sweep-{pool.value}-{cache_key(to_plain([plans, sweep]))[:8]}"
+    data = load_dataset(preset.dataset, preset.data_root)  # once, into the object store for every trial
     trainable = tune.with_resources(
-        tune.with_parameters(sweep_trial, plans=plans, preset=preset), trial_resources(preset.tune, run.gpu_as)
+        tune.with_parameters(sweep_trial, plans=plans, data=data), trial_resources(preset.tune, run.gpu_as)
     )
     chosen, trials = {}, 0
     for member in sorted(plans):
@@ -113,6 +113,7 @@ def sweep_pool(preset: Preset, store: ArtifactStore, pool: Pool, run: TuneRun | 
                 max_t=plans[member].train.epochs + 1,
             ),
             max_concurrent_trials=preset.tune.max_concurrent or None,
+            reuse_actors=True,  # a finished trial's worker (torch imported) takes the next trial
         ).fit()
         trials += len(grid)
         done = [r for r in grid if r.checkpoint and r.metrics.get("final")]

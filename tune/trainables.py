@@ -18,7 +18,7 @@ import ray
 from ray import tune
 
 from ensdef.config import to_plain
-from ensdef.data import load_dataset
+from ensdef.data import Dataset, load_dataset
 from ensdef.pools import MemberPlan, train_member
 from ensdef.presets import Preset
 from ensdef.store import ArtifactStore, Manifest
@@ -53,15 +53,19 @@ def _report_final(m: Manifest, skipped: bool) -> None:
         )
 
 
-def train_member_trial(config: dict[str, Any], *, plans: dict[str, MemberPlan], preset: Preset, store: str) -> None:
-    """Tune trial for ``plans[config["member"]]``: train it into ``store`` unless it is there already."""
+def train_member_trial(
+    config: dict[str, Any], *, plans: dict[str, MemberPlan], preset: Preset, store: str, data: Dataset | None = None
+) -> None:
+    """Tune trial for ``plans[config["member"]]``: train it into ``store`` unless it is there already.
+    ``data``: the preset's dataset, shipped once through the object store (``tune.with_parameters``) instead of
+    parsed again by every trial; None loads it here."""
     use_trial_cpus()
     plan, st = plans[config["member"]], ArtifactStore(store)
     if st.exists(plan.name) and st.verify(plan.name).ok and same_plan(st.manifest(plan.name), plan):
         log.info("%s: already trained with this plan, skipped", plan.name)
         _report_final(st.manifest(plan.name), skipped=True)
         return
-    data = load_dataset(preset.dataset, preset.data_root)
+    data = data or load_dataset(preset.dataset, preset.data_root)
 
     def on_epoch(epoch: int, score: float) -> None:
         tune.report({"score": score, "epoch": epoch, "member": plan.name, "done": False})

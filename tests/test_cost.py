@@ -1,0 +1,32 @@
+"""Training-cost estimates (longest-first scheduling of parallel trials): every planned member of every pool
+gets a finite positive cost, and the ordering follows planned work."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+
+from ensdef.cost import longest_first, training_cost
+from ensdef.data import Dataset
+from ensdef.pools import Pool, plan_pool
+from ensdef.presets import load_preset
+from tests.conftest import FIXTURES
+
+
+@pytest.mark.parametrize("pool", list(Pool))
+def test_every_planned_member_has_a_positive_cost(pool: Pool, mnist5k: Dataset) -> None:
+    plans = plan_pool(load_preset(FIXTURES / "tiny.yaml"), pool)
+    assert plans
+    for p in plans:
+        c = training_cost(p, mnist5k)
+        assert math.isfinite(c) and c > 0, p.name
+
+
+def test_longest_first_follows_planned_work(mnist5k: Dataset) -> None:
+    (mlp,) = [p for p in plan_pool(load_preset("mnist5k"), Pool.VERIFIERS) if p.architecture == "mlp"]
+    short = dataclasses.replace(mlp, name="short", train=dataclasses.replace(mlp.train, epochs=1))
+    long = dataclasses.replace(mlp, name="long", train=dataclasses.replace(mlp.train, epochs=50))
+    part = dataclasses.replace(long, name="partitioned", partition=(0, 10))  # 50 epochs on a tenth of the data
+    assert [p.name for p in longest_first([part, short, long], mnist5k)] == ["long", "partitioned", "short"]
