@@ -86,6 +86,9 @@ def main() -> None:
     ap.add_argument("--wire", default="npy", choices=["npy", "json"], help="HTTP body encoding")
     ap.add_argument("--grpc", action="store_true", help="also measure gRPC throughput")
     ap.add_argument("--max-pass-images", type=int, default=256, help="member hosts' images per forward pass")
+    ap.add_argument(
+        "--mmap-threshold", type=int, default=0, help="replicas' MALLOC_MMAP_THRESHOLD_ (0: glibc's dynamic one)"
+    )
     ap.add_argument("--member-threads", type=int, default=0, help="member hosts' torch threads (0: Ray's default)")
     ap.add_argument("--object-store-mb", type=int, default=1024, help="object store of the local Ray")
     a = ap.parse_args()
@@ -123,6 +126,7 @@ def main() -> None:
         "members": {"num_cpus": 0.1, "max_pass_images": a.max_pass_images, "threads": a.member_threads},
         "deadline_s": 120.0,
         "max_images": max(64, a.images_per_request),  # the ingress refuses larger requests
+        "env_vars": {"MALLOC_MMAP_THRESHOLD_": str(a.mmap_threshold)} if a.mmap_threshold else {},
         "defenses": sorted(inproc),
     }
     s = ServeSettings.from_dict(args)
@@ -196,6 +200,7 @@ def main() -> None:
                 "wire": a.wire,
                 "max_pass_images": a.max_pass_images,
                 "member_threads": a.member_threads,
+                "replica_env": s.env_vars,
                 "member_num_cpus": 0.1,
                 "deploy_seconds": round(deploy_s, 1),
                 "peak_stack_memory_gb": round(mem.peak / 2**30, 2),

@@ -78,8 +78,12 @@ def absolute(s: ServeSettings) -> ServeSettings:
     )
 
 
-def _control(num_cpus: float, resources: dict[str, float]) -> dict[str, Any]:
-    return {"num_cpus": num_cpus, **({"resources": dict(resources)} if resources else {})}
+def _control(num_cpus: float, resources: dict[str, float], env_vars: dict[str, str]) -> dict[str, Any]:
+    return _with_env({"num_cpus": num_cpus, **({"resources": dict(resources)} if resources else {})}, env_vars)
+
+
+def _with_env(options: dict[str, Any], env_vars: dict[str, str]) -> dict[str, Any]:
+    return {**options, "runtime_env": {"env_vars": dict(env_vars)}} if env_vars else options
 
 
 def application(s: ServeSettings, defenses: dict[str, list[str]]) -> Application:
@@ -93,7 +97,7 @@ def application(s: ServeSettings, defenses: dict[str, list[str]]) -> Application
         hosts[h] = MemberHost.options(
             name=h,
             num_replicas=opt.num_replicas,
-            ray_actor_options=opt.actor_options(s.gpu_as),
+            ray_actor_options=_with_env(opt.actor_options(s.gpu_as), s.env_vars),
             max_ongoing_requests=s.max_ongoing_requests,
         ).bind(s.store, ms, opt.max_batch_size, opt.batch_wait_timeout_s, opt.max_pass_images, opt.threads)
 
@@ -119,10 +123,11 @@ def application(s: ServeSettings, defenses: dict[str, list[str]]) -> Application
         for d in defenses:
             routers[d] = Router.options(
                 name=f"router-{d}",
-                ray_actor_options=_control(s.router_num_cpus, s.control_resources),
+                ray_actor_options=_control(s.router_num_cpus, s.control_resources, s.env_vars),
                 max_ongoing_requests=s.max_ongoing_requests,
             ).bind(**routing([d]))
     shape = store.manifest(next(iter(host_of))).input_shape
     return Ingress.options(
-        ray_actor_options=_control(s.ingress_num_cpus, s.control_resources), max_ongoing_requests=s.max_ongoing_requests
+        ray_actor_options=_control(s.ingress_num_cpus, s.control_resources, s.env_vars),
+        max_ongoing_requests=s.max_ongoing_requests,
     ).bind(routers, inline, list(shape), s.max_images, s.max_bytes, s.admin_token)

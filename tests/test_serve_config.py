@@ -49,6 +49,16 @@ def test_settings_refuse_unknown_keys_and_bad_values() -> None:
     assert ServeSettings.from_dict(s.to_dict()) == s
 
 
+def test_replicas_get_the_settings_environment() -> None:
+    from deployments.app import _control, _with_env
+
+    assert ServeSettings().env_vars == {}  # glibc's own allocator behaviour unless asked
+    env = ServeSettings.from_dict({"env_vars": {"MALLOC_MMAP_THRESHOLD_": "4194304"}}).env_vars
+    assert _with_env({"num_cpus": 0.1}, env) == {"num_cpus": 0.1, "runtime_env": {"env_vars": env}}
+    assert _control(0.05, {"head": 0.01}, env)["runtime_env"] == {"env_vars": env}
+    assert _control(0.05, {"head": 0.01}, {}) == {"num_cpus": 0.05, "resources": {"head": 0.01}}
+
+
 def test_committed_grpc_modules_equal_a_fresh_generation(tmp_path) -> None:
     from ensdef.proto.generate import generate
 
