@@ -267,7 +267,7 @@ def _serve(a: argparse.Namespace) -> tuple[Any, int]:
             + "; ".join(f"{k}: {v}" for k, v in missing.items())
         )
     with contextlib.redirect_stdout(sys.stderr):  # Ray's start-up lines; stdout stays the result
-        address = launch.connect(a.address, a.num_cpus)
+        address = launch.connect(a.address, a.num_cpus, start=not a.detach)
         ep = launch.deploy(settings, http["host"], int(http["port"]), int(grpc_port), a.proxy_location or proxies)
     out = {**ep.to_json(), "not_served": missing}
     if a.detach:  # the application stays on the cluster after this process ends
@@ -490,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     key = f"{args.cmd} {args.sub}" if getattr(args, "sub", None) else args.cmd
     try:
         result, code = COMMANDS[key](args)
-    except (ConfigError, FileNotFoundError, KeyError, ValueError, RuntimeError) as e:
+    except (ConfigError, FileNotFoundError, KeyError, ValueError, RuntimeError, ConnectionError) as e:
         msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
         if getattr(args, "json", False):
             print(json.dumps({"error": msg, "type": type(e).__name__}))

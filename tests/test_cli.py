@@ -109,6 +109,23 @@ def test_console_script_runs() -> None:
     assert any(m["name"] == "cw7" for m in json.loads(res.stdout))
 
 
+def test_serve_detach_refuses_without_a_running_ray(tiny_store, tmp_path: Path) -> None:
+    """A Ray this command started would end with it: a detached deployment needs one that outlives it."""
+    import os
+
+    store, _ = tiny_store
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_TMPDIR"] = str(tmp_path)  # no `ray start` cluster recorded here
+    res = subprocess.run(
+        [sys.executable, "-m", "ensdef", "serve", "--preset", str(FIXTURES / "tiny.yaml"),
+         "--store", str(store.root), "--detach", "--json"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 2, res.stderr[-2000:]
+    out = json.loads(res.stdout)
+    assert out["type"] == "ConnectionError" and "ray start --head" in out["error"]
+
+
 def test_noisy_report_certify_and_rls_compare(tiny_store, tmp_path: Path, capsys) -> None:
     store, _ = tiny_store
     tiny = str(FIXTURES / "tiny.yaml")
