@@ -63,20 +63,15 @@ def train_missing(s: ServeSettings, data_root: str | None = None) -> None:
         run_selection(store, preset, data.val)
 
 
-def connect(address: str | None, num_cpus: float | None = None, start: bool = True) -> str:
+def connect(address: str | None, num_cpus: float | None = None) -> str:
     """Join the Ray cluster at ``address`` (or the one ``ray start`` left running); start a local one when none
-    is reachable and ``start`` (a local Ray ends with this process). Returns the address."""
+    is reachable. Returns the address."""
     if not ray.is_initialized():
         try:
             ray.init(address=address or "auto", log_to_driver=False)
         except ConnectionError:
             if address:
                 raise
-            if not start:
-                raise ConnectionError(
-                    "no running Ray to deploy onto: start one with `ray start --head` (or give --address); "
-                    "a Ray started by this command would end with it"
-                ) from None
             log.info("no running Ray found; starting a local one")
             start_local(num_cpus)
     return ray.get_runtime_context().gcs_address

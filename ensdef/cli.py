@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -256,6 +257,11 @@ def _serve(a: argparse.Namespace) -> tuple[Any, int]:
             args[key] = value
     if a.defenses:
         args["defenses"] = list(_csv(a.defenses) or ())
+    if a.detach and not (a.address or os.environ.get("RAY_ADDRESS")):
+        raise ValueError(
+            "--detach needs the Ray cluster to deploy onto: --address ADDR, or --address auto for the one "
+            "`ray start --head` runs here (a Ray this command started would end with it)"
+        )
     settings = settings_mod.ServeSettings.from_dict(args)
     servable, missing = launch.survey(settings)
     if missing and a.train_missing:
@@ -267,7 +273,7 @@ def _serve(a: argparse.Namespace) -> tuple[Any, int]:
             + "; ".join(f"{k}: {v}" for k, v in missing.items())
         )
     with contextlib.redirect_stdout(sys.stderr):  # Ray's start-up lines; stdout stays the result
-        address = launch.connect(a.address, a.num_cpus, start=not a.detach)
+        address = launch.connect(a.address, a.num_cpus)
         ep = launch.deploy(settings, http["host"], int(http["port"]), int(grpc_port), a.proxy_location or proxies)
     out = {**ep.to_json(), "not_served": missing}
     if a.detach:  # the application stays on the cluster after this process ends
@@ -467,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument(
         "--proxy-location", choices=["EveryNode", "HeadOnly"], default=None, help="HeadOnly: nodes share a machine"
     )
-    sv.add_argument("--detach", action="store_true", help="return after deploying (needs an external Ray)")
+    sv.add_argument("--detach", action="store_true", help="return after deploying (needs --address: an external Ray)")
     data_args(sv)
     return p
 

@@ -160,9 +160,8 @@ def test_killed_member_degrades_or_fails_never_wrong_and_recovers(served, mnist5
     ep, _, store, preset = served
     x = mnist5k.test.x[::131][:4]
     want = {s: in_process(store, preset, "noisy-vote", x, s) for s in range(24)}
-    [victim] = [
-        a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000) if "member-tempnet-02" in (a.name or "")
-    ]
+    alive = list_actors(ep.ray_address, filters=[("state", "=", "ALIVE")], limit=1000)  # this test's Ray
+    [victim] = [a for a in alive if "member-tempnet-02" in (a.name or "")]
 
     def ask(seed: int) -> tuple[int, int, list[dict]]:
         r = post(ep, "noisy-vote", {"images": x.tolist(), "seed": seed})
