@@ -8,6 +8,7 @@ of the built model, times the planned optimisation steps.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 
@@ -34,14 +35,26 @@ def step_seconds(plan: MemberPlan, data: Dataset, repeats: int = 2) -> float:
     return best
 
 
+def planned_steps(plan: MemberPlan, data: Dataset) -> int:
+    """Optimisation steps ``plan`` asks for: epochs x batches per epoch of its (partition of the) training set."""
+    n = len(data.train) // plan.partition[1] if plan.partition else len(data.train)
+    return plan.train.epochs * math.ceil(n / plan.train.batch_size)
+
+
 def training_cost(plan: MemberPlan, data: Dataset) -> float:
     """Estimated training seconds of ``plan`` (relative: for ordering, not a promise of wall time):
-    epochs x steps per epoch x :func:`step_seconds`."""
-    n = len(data.train) // plan.partition[1] if plan.partition else len(data.train)
-    return plan.train.epochs * math.ceil(n / plan.train.batch_size) * step_seconds(plan, data)
+    :func:`planned_steps` x :func:`step_seconds`."""
+    return planned_steps(plan, data) * step_seconds(plan, data)
 
 
 def longest_first(plans: list[MemberPlan], data: Dataset) -> list[MemberPlan]:
-    """``plans`` by :func:`training_cost`, longest first (ties keep their order)."""
-    cost = {p.name: training_cost(p, data) for p in plans}
+    """``plans`` by :func:`training_cost`, longest first (ties keep their order). One timing per distinct
+    model and batch size: the ten temperature networks of a preset share one."""
+    step: dict[str, float] = {}
+    cost = {}
+    for p in plans:
+        key = json.dumps([p.architecture, p.train.batch_size, p.extra.get("build_kwargs", {})], sort_keys=True)
+        if key not in step:
+            step[key] = step_seconds(p, data)
+        cost[p.name] = planned_steps(p, data) * step[key]
     return sorted(plans, key=lambda p: -cost[p.name])

@@ -65,7 +65,8 @@ def train_member_trial(
         log.info("%s: already trained with this plan, skipped", plan.name)
         _report_final(st.manifest(plan.name), skipped=True)
         return
-    data = data or load_dataset(preset.dataset, preset.data_root)
+    if data is None:
+        data = load_dataset(preset.dataset, preset.data_root)
 
     def on_epoch(epoch: int, score: float) -> None:
         tune.report({"score": score, "epoch": epoch, "member": plan.name, "done": False})
