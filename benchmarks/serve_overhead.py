@@ -1,29 +1,38 @@
 """Served against in-process, per defense, measured side by side in one run on one machine.
 
 * throughput: HTTP (and, with ``--grpc``, gRPC) at concurrency 32 with ``--images-per-request`` images per
-  request (32 by default; Serve batches concurrent requests inside the member replicas) against the
-  in-process batched ``decide`` of batches of the same size (at least 32 images); HTTP bodies are base64
-  ``.npy`` (``--wire json`` sends nested lists), each client thread keeps its connection alive;
+  request (32 by default; Serve batches concurrent requests inside the member replicas), sustained for
+  ``--seconds``, against the in-process batched ``decide`` of batches of the same size (at least 32 images),
+  also sustained for ``--seconds``. In-process is measured twice, on the quiet machine before Ray starts and
+  again right after the defense's served runs, and the faster of the two is the reference (the ratio can
+  only err low). HTTP bodies are base64 ``.npy`` (``--wire json`` sends nested lists), encoded before the
+  clock starts and sent by asyncio clients (aiohttp) over keep-alive connections;
 * latency: HTTP p50 / p99 at concurrency 1 against in-process single-image ``decide``;
-* peak memory (PSS) of the whole stack (every Ray process plus this driver), sampled throughout.
+* peak memory (PSS) of the whole served stack (every Ray process), sampled throughout, overall and while each
+  defense is measured; this driver's own peak apart.
 
 Goal on the 2-core machine: served throughput at least half of in-process; whole stack under 8 GB.
 
     .venv/bin/python benchmarks/serve_overhead.py --store DIR [--preset mnist5k] [--packing pool]
         [--defenses a,b] [--requests 128] [--images-per-request 32] [--wire npy|json] [--grpc]
+        [--seconds 5] [--env KEY=VALUE]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import itertools
 import json
 import os
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import aiohttp
 import requests
 import torch
 
@@ -31,43 +40,65 @@ from deployments.launch import deploy, start_local
 from deployments.settings import ServeSettings
 from ensdef.client import EnsdefClient, npy_body
 from ensdef.data import load_dataset
+from ensdef.defenses.base import Defense
 from ensdef.defenses.registry import DEFENSES, build_defense
 from ensdef.presets import load_preset
 from ensdef.rng import make_generator
 from ensdef.store import ArtifactStore
 
+BODIES = 64  # distinct request bodies per request size, cycled
+JSON = {"Content-Type": "application/json"}
+
 
 class PeakMemory(threading.Thread):
     """Samples the summed proportional set size (PSS: shared pages such as torch's libraries split between the
-    processes that map them, so the sum is the stack's real footprint) of this process and every Ray
-    process on the machine."""
+    processes that map them, so the sum is the stack's real footprint) of every Ray process on the machine: the
+    served stack. This driver (load generator, and the in-process copy of every defense) is sampled apart."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
-        self.peak, self.stop, self.top = 0, threading.Event(), []
+        self.peak, self.driver_peak, self.stop, self.top = 0, 0, threading.Event(), []
+        self.phase, self.phases = "start", {}  # phase name -> (stack peak bytes, its largest processes)
 
     @staticmethod
-    def stack_pss() -> list[tuple[int, str]]:
-        """``(PSS bytes, command)`` for every process of the stack."""
-        out = []
+    def pss() -> tuple[list[tuple[int, str]], int]:
+        """``(PSS bytes, command)`` for every Ray process, and this driver's PSS."""
+        out, driver = [], 0
         for proc in Path("/proc").glob("[0-9]*"):
             try:
                 cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
-                if proc.name == str(os.getpid()) or any(
-                    k in cmd for k in (b"ray::", b"/ray/", b"raylet", b"gcs_server")
-                ):
-                    pss = [ln for ln in (proc / "smaps_rollup").read_text().splitlines() if ln.startswith("Pss:")]
-                    out.append((int(pss[0].split()[1]) * 1024 if pss else 0, cmd.decode(errors="replace")[:60]))
+                me = proc.name == str(os.getpid())
+                if me or any(k in cmd for k in (b"ray::", b"/ray/", b"raylet", b"gcs_server")):
+                    rollup = (proc / "smaps_rollup").read_text().splitlines()
+                    kb = [int(ln.split()[1]) for ln in rollup if ln.startswith("Pss:")]
+                    if me:
+                        driver = kb[0] * 1024 if kb else 0
+                    else:
+                        out.append((kb[0] * 1024 if kb else 0, cmd.decode(errors="replace")[:60]))
             except OSError:
                 continue
-        return out
+        return out, driver
 
     def run(self) -> None:
         while not self.stop.is_set():
-            procs = self.stack_pss()
-            if sum(p for p, _ in procs) > self.peak:
-                self.peak, self.top = sum(p for p, _ in procs), sorted(procs, reverse=True)[:5]
-            self.stop.wait(0.5)
+            procs, driver = self.pss()
+            total, top = sum(p for p, _ in procs), sorted(procs, reverse=True)[:3]
+            self.driver_peak = max(self.driver_peak, driver)
+            if total > self.peak:
+                self.peak, self.top = total, sorted(procs, reverse=True)[:5]
+            if total > self.phases.get(self.phase, (0,))[0]:
+                self.phases[self.phase] = (total, top)
+            self.stop.wait(1.0)  # reading smaps_rollup costs kernel time: once a second
+
+
+def inprocess_throughput(d: Defense, batch: torch.Tensor, seconds: float) -> float:
+    """Images per second of ``d.decide`` on ``batch`` repeated for at least ``seconds`` (after a warm-up)."""
+    d.decide(batch, make_generator(0))
+    n, t = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - t) < seconds:
+        d.decide(batch, make_generator(n))
+        n += 1
+    return n * len(batch) / elapsed
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -80,15 +111,22 @@ def main() -> None:
     ap.add_argument("--preset", default="mnist5k")
     ap.add_argument("--packing", default="pool", choices=["pool", "none"])
     ap.add_argument("--defenses", default=None)
-    ap.add_argument("--requests", type=int, default=128)
+    ap.add_argument("--requests", type=int, default=64, help="at least this many requests per throughput run")
+    ap.add_argument("--seconds", type=float, default=5.0, help="at least this long per throughput measurement")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--images-per-request", type=int, default=32)
     ap.add_argument("--wire", default="npy", choices=["npy", "json"], help="HTTP body encoding")
     ap.add_argument("--grpc", action="store_true", help="also measure gRPC throughput")
     ap.add_argument("--max-pass-images", type=int, default=256, help="member hosts' images per forward pass")
     ap.add_argument(
-        "--mmap-threshold", type=int, default=0, help="replicas' MALLOC_MMAP_THRESHOLD_ (0: glibc's dynamic one)"
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an environment variable of every replica (repeatable), e.g. MALLOC_ARENA_MAX=2",
     )
+    ap.add_argument("--host-calls", type=int, default=2, help="outstanding calls per member host (coalescing)")
+    ap.add_argument("--member-replicas", type=int, default=1, help="replicas of every member host")
     ap.add_argument("--member-threads", type=int, default=0, help="member hosts' torch threads (0: Ray's default)")
     ap.add_argument("--object-store-mb", type=int, default=1024, help="object store of the local Ray")
     a = ap.parse_args()
@@ -104,29 +142,29 @@ def main() -> None:
             d = build_defense(name, store, preset)
         except FileNotFoundError:
             continue
-        batch = x[: max(a.images_per_request, 32)]
-        d.decide(batch, make_generator(0))  # warm up
-        reps = max(1, a.requests // a.concurrency)
-        t = time.perf_counter()
-        for r in range(reps):
-            d.decide(batch, make_generator(r))
-        tput = reps * len(batch) / (time.perf_counter() - t)
+        tput = inprocess_throughput(d, x[: max(a.images_per_request, 32)], a.seconds)
         lat = []
         for i in range(30):
             t = time.perf_counter()
             d.decide(x[i : i + 1], make_generator(i))
             lat.append(time.perf_counter() - t)
-        inproc[name] = (tput, lat)
+        inproc[name] = (d, tput, lat)
     start_local(2, object_store_mb=a.object_store_mb)
     # a generous deadline: the benchmark measures throughput, not how the deadline sheds load
     args = {
         "store": a.store,
         "preset": a.preset,
         "packing": a.packing,
-        "members": {"num_cpus": 0.1, "max_pass_images": a.max_pass_images, "threads": a.member_threads},
+        "members": {
+            "num_cpus": 0.1,
+            "max_pass_images": a.max_pass_images,
+            "threads": a.member_threads,
+            "num_replicas": a.member_replicas,
+        },
         "deadline_s": 120.0,
+        "host_calls": a.host_calls,
         "max_images": max(64, a.images_per_request),  # the ingress refuses larger requests
-        "env_vars": {"MALLOC_MMAP_THRESHOLD_": str(a.mmap_threshold)} if a.mmap_threshold else {},
+        "env_vars": dict(kv.split("=", 1) for kv in a.env),
         "defenses": sorted(inproc),
     }
     s = ServeSettings.from_dict(args)
@@ -141,23 +179,69 @@ def main() -> None:
         j = (i * k) % (len(x) - k)
         return x[j : j + k]
 
-    def throughput(call: object, k: int) -> float:
+    bodies: dict[tuple[int, int], bytes] = {}  # encoded once: the client's encoding is not the service's cost
+
+    def body(i: int, k: int) -> bytes:
+        key = (i % BODIES, k)
+        if key not in bodies:
+            xs = images(*key)
+            bodies[key] = json.dumps(npy_body(xs) if a.wire == "npy" else {"images": xs.tolist()}).encode()
+        return bodies[key]
+
+    def throughput(call: Callable[[int, int], object], k: int) -> float:
+        """Images per second of ``a.concurrency`` clients sending ``k``-image requests back to back for
+        ``a.seconds`` (at least ``a.requests`` requests in all); counted until the last answer."""
+        counter = itertools.count()
         t = time.perf_counter()
+        end = t + a.seconds
+
+        def client() -> int:
+            done = 0
+            while (i := next(counter)) < a.requests or time.perf_counter() < end:
+                call(i, k)
+                done += 1
+            return done
+
         with ThreadPoolExecutor(a.concurrency) as pool:
-            list(pool.map(lambda i: call(i, k), range(a.requests)))  # type: ignore[operator]
-        return a.requests * k / (time.perf_counter() - t)
+            n = sum(pool.map(lambda _: client(), range(a.concurrency)))
+        return n * k / (time.perf_counter() - t)
+
+    def http_throughput(url: str, k: int) -> float:
+        """As :func:`throughput`, for HTTP, from ``a.concurrency`` asyncio clients on one event loop (aiohttp,
+        keep-alive): 32 client threads of ``requests`` fight over the GIL and take CPU the service needs."""
+
+        async def run() -> int:
+            counter = itertools.count()
+            end = time.perf_counter() + a.seconds
+            conn = aiohttp.TCPConnector(limit=a.concurrency)
+            async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=120)) as session:
+
+                async def client() -> int:
+                    done = 0
+                    while (i := next(counter)) < a.requests or time.perf_counter() < end:
+                        async with session.post(url, data=body(i, k), headers=JSON) as r:
+                            r.raise_for_status()
+                            await r.read()
+                        done += 1
+                    return done
+
+                return sum(await asyncio.gather(*(client() for _ in range(a.concurrency))))
+
+        for i in range(BODIES):
+            body(i, k)  # encoded before the clock starts
+        t = time.perf_counter()
+        n = asyncio.run(run())
+        return n * k / (time.perf_counter() - t)
 
     for name in ep.defenses:
-        inproc_tput, lat_in = inproc[name]
+        d, inproc_before, lat_in = inproc[name]
         url = f"{ep.http}/v1/{name}/classify"
 
         def one(i: int, k: int, url: str = url) -> float:
             if not hasattr(local, "session"):
                 local.session = requests.Session()
-            xs = images(i, k)
-            body = npy_body(xs) if a.wire == "npy" else {"images": xs.tolist()}
             t = time.perf_counter()
-            r = local.session.post(url, json=body, timeout=120)
+            r = local.session.post(url, data=body(i, k), headers=JSON, timeout=120)
             r.raise_for_status()
             return time.perf_counter() - t
 
@@ -165,15 +249,19 @@ def main() -> None:
             assert grpc_client is not None
             grpc_client.classify(name, images(i, k))
 
+        mem.phase = name
         for i in range(5):
             one(i, 1)  # warm up the path
         lat_http = [one(i, 1) for i in range(30)]
-        http_tput = throughput(one, a.images_per_request)
+        http_tput = http_throughput(url, a.images_per_request)
         grpc_tput = throughput(one_grpc, a.images_per_request) if grpc_client else None
+        inproc_after = inprocess_throughput(d, x[: max(a.images_per_request, 32)], a.seconds)
+        inproc_tput = max(inproc_before, inproc_after)
         rows.append(
             {
                 "defense": name,
                 "inprocess_images_per_s": round(inproc_tput, 1),
+                "inprocess_before_after": [round(inproc_before, 1), round(inproc_after, 1)],
                 "http_images_per_s": round(http_tput, 1),
                 "throughput_ratio": round(http_tput / inproc_tput, 3),
                 **(
@@ -185,6 +273,8 @@ def main() -> None:
                 "http_p50_ms": round(1e3 * statistics.median(lat_http), 2),
                 "http_p99_ms": round(1e3 * pct(lat_http, 0.99), 2),
                 "p50_ratio": round(statistics.median(lat_http) / statistics.median(lat_in), 2),
+                "stack_memory_gb": round(mem.phases.get(name, (0,))[0] / 2**30, 2),
+                "largest_mb": [(round(p / 2**20), c[:45]) for p, c in mem.phases.get(name, (0, []))[1]],
             }
         )
         print(json.dumps(rows[-1]), flush=True)
@@ -195,15 +285,19 @@ def main() -> None:
             {
                 "packing": a.packing,
                 "concurrency": a.concurrency,
+                "seconds_per_throughput": a.seconds,
                 "images_per_request": a.images_per_request,
                 "inprocess_batch": max(a.images_per_request, 32),
                 "wire": a.wire,
                 "max_pass_images": a.max_pass_images,
                 "member_threads": a.member_threads,
+                "member_replicas": a.member_replicas,
+                "host_calls": a.host_calls,
                 "replica_env": s.env_vars,
                 "member_num_cpus": 0.1,
                 "deploy_seconds": round(deploy_s, 1),
                 "peak_stack_memory_gb": round(mem.peak / 2**30, 2),
+                "peak_driver_memory_gb": round(mem.driver_peak / 2**30, 2),
                 "object_store_mb": a.object_store_mb,
                 "largest_at_peak": [(round(p / 2**20), c) for p, c in mem.top],
                 "defenses": rows,

@@ -112,6 +112,8 @@ def application(s: ServeSettings, defenses: dict[str, list[str]]) -> Application
             "host_of": {m: host_of[m] for m in ms},
             "deadline_s": s.deadline_s,
             "quorum": s.quorum,
+            "host_calls": s.host_calls,
+            "host_call_images": s.host_call_images,
         }
 
     # one router deployment per defense; packed, the ingress routes every defense itself (one hop less, and

@@ -1,9 +1,10 @@
 """Member deployment: a replica hosts one trained model (or, packed, several members of one pool), loaded from
 the artifact store by name with its hash checked, and answers batches of plan jobs.
 
-``@serve.batch`` gathers the jobs of concurrent requests; jobs for the same member and operation run as one
-forward pass. A NOISY_LABELS job draws its noise from its own seed before batching, so the answer does not
-depend on which requests happened to share the batch. CUDA when the replica was given a GPU.
+``@serve.batch`` gathers concurrent calls, each carrying the job lists of one or more requests; jobs for the
+same member and operation run as one forward pass. A NOISY_LABELS job draws its noise from its own seed before
+batching, so the answer does not depend on which requests happened to share the batch. CUDA when the replica
+was given a GPU.
 """
 
 from __future__ import annotations
@@ -63,8 +64,14 @@ class MemberHost:
         log.info("member host %s on %s, %d torch threads", members, self.device, torch.get_num_threads())
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
-    async def run(self, requests: list[list[Job]]) -> list[list[torch.Tensor]]:
-        """Per request, one result per job (on CPU). Jobs with the same member, op and path share a pass."""
+    async def run(self, calls: list[list[list[Job]]]) -> list[list[list[torch.Tensor]]]:
+        """One call carries the job lists of one or more requests (the router coalesces them); per call, per
+        request, one result per job (on CPU). Jobs with the same member, op and path share a pass."""
+        requests = [req for call in calls for req in call]
+        out = iter(self._answer(requests))
+        return [[next(out) for _ in call] for call in calls]
+
+    def _answer(self, requests: list[list[Job]]) -> list[list[torch.Tensor]]:
         t0 = time.perf_counter()
         jobs = [(r, j, _prepared(job, self.device)) for r, req in enumerate(requests) for j, job in enumerate(req)]
         groups: dict[tuple, list[int]] = defaultdict(list)

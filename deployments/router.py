@@ -4,7 +4,8 @@ it, and packed (small machines) the ingress replica routes for every defense its
 request. It holds no defense math: the plan, the aggregation functions and the random draws are the
 library's, so a served answer equals ``defense.decide(x, make_generator(seed))``.
 
-Each stage sends one request per member host (``asyncio`` tasks) and waits until the request's deadline; a
+Each stage sends one call per member host (``asyncio`` tasks; concurrent requests' calls to a host are
+coalesced, :mod:`deployments.coalesce`) and waits until the request's deadline; a
 host that fails or misses it contributes ``None`` for its jobs, which the plan turns into a degraded vote or,
 below quorum, into :class:`~ensdef.plans.QuorumLost` (answered as unavailable).
 """
@@ -23,6 +24,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Histogram
 
+from deployments.coalesce import HostCalls
 from ensdef.defenses.registry import build_defense
 from ensdef.plans import Job, QuorumLost, Results
 from ensdef.presets import load_preset
@@ -54,10 +56,15 @@ class Routing:
         host_of: dict[str, str],
         deadline_s: float,
         quorum: float,
+        host_calls: int = 2,
+        host_call_images: int = 2048,
     ) -> None:
         st, pr = ArtifactStore(store), load_preset(preset)
         self.defenses = {d: build_defense(d, st, pr, "cpu") for d in defenses}
-        self.hosts, self.host_of = hosts, host_of
+        self.hosts = {
+            h: HostCalls(handle.run.remote, host_calls, host_call_images, deadline_s) for h, handle in hosts.items()
+        }
+        self.host_of = host_of
         self.deadline_s, self.quorum = deadline_s, quorum
         tags = ("defense",)
         self.requests = Counter("ensdef_requests", description="classified images", tag_keys=tags)
@@ -98,7 +105,7 @@ class Routing:
 
     async def _call(self, defense: str, host: str, jobs: list[Job]) -> list[torch.Tensor]:
         t0 = time.perf_counter()
-        res = await self.hosts[host].run.remote(jobs)
+        res = await self.hosts[host].call(jobs)
         self.member_latency.observe(1e3 * (time.perf_counter() - t0), tags={"defense": defense, "host": host})
         return res
 

@@ -57,6 +57,10 @@ class ServeSettings:
     control_resources: dict[str, float] = field(default_factory=dict)  # routers and ingress (e.g. {"head": 0.01})
     deadline_s: float = 10.0  # per request, over every fan-out stage
     quorum: float = 0.5  # more than this fraction of a stage's voters must answer
+    # calls a router keeps outstanding per member host; concurrent requests' jobs queue behind them and go
+    # together in the next call (at most host_call_images images), which saves a call's fixed cost per request
+    host_calls: int = 2
+    host_call_images: int = 2048
     max_images: int = 64
     max_bytes: int = 8_000_000
     admin_token: str = ""  # empty: diagnostics and fixed seeds are off
@@ -85,6 +89,8 @@ class ServeSettings:
                 d[key] = tuple(d[key])
         if not 0 <= float(d.get("quorum", 0.5)) < 1:
             raise ValueError("quorum must lie in [0, 1)")
+        if int(d.get("host_calls", 1)) < 1 or int(d.get("host_call_images", 1)) < 1:
+            raise ValueError("host_calls and host_call_images must be at least 1")
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:

@@ -32,6 +32,8 @@ def test_settings_refuse_unknown_keys_and_bad_values() -> None:
         ServeSettings.from_dict({"members": {"gpus": 1}})
     with pytest.raises(ValueError, match="quorum"):
         ServeSettings.from_dict({"quorum": 1.5})
+    with pytest.raises(ValueError, match="host_calls"):
+        ServeSettings.from_dict({"host_calls": 0})
     with pytest.raises(ValueError):
         ServeSettings.from_dict({"packing": "tight"})
     s = ServeSettings.from_dict({"overrides": {"tempnet": {"num_gpus": 0.1, "resources": {"gpu_node": 0.01}}}})
