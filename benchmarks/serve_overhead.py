@@ -1,12 +1,13 @@
 """Served against in-process, per defense, measured side by side in one run on one machine.
 
 * throughput: HTTP (and, with ``--grpc``, gRPC) at concurrency 32 with ``--images-per-request`` images per
-  request (32 by default; Serve batches concurrent requests inside the member replicas), sustained for
+  request (64 by default, the service's ``max_images``; member hosts batch concurrent requests), sustained for
   ``--seconds``, against the in-process batched ``decide`` of batches of the same size (at least 32 images),
   also sustained for ``--seconds``. In-process is measured twice, on the quiet machine before Ray starts and
   again right after the defense's served runs, and the faster of the two is the reference (the ratio can
   only err low). HTTP bodies are base64 ``.npy`` (``--wire json`` sends nested lists), encoded before the
   clock starts and sent by asyncio clients (aiohttp) over keep-alive connections;
+* the member hosts' threads and environment default to ``deployments/serve.yaml`` (the small-machine config);
 * latency: HTTP p50 / p99 at concurrency 1 against in-process single-image ``decide``;
 * peak memory (PSS) of the whole served stack (every Ray process), sampled throughout, overall and while each
   defense is measured; this driver's own peak apart.
@@ -14,8 +15,8 @@
 Goal on the 2-core machine: served throughput at least half of in-process; whole stack under 8 GB.
 
     .venv/bin/python benchmarks/serve_overhead.py --store DIR [--preset mnist5k] [--packing pool]
-        [--defenses a,b] [--requests 128] [--images-per-request 32] [--wire npy|json] [--grpc]
-        [--seconds 5] [--env KEY=VALUE]
+        [--defenses a,b] [--requests 64] [--images-per-request 64] [--wire npy|json] [--grpc]
+        [--seconds 5] [--member-threads N] [--env KEY=VALUE] [--host-calls 2] [--member-replicas 1]
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from pathlib import Path
 import aiohttp
 import requests
 import torch
+import yaml
 
 from deployments.launch import deploy, start_local
 from deployments.settings import ServeSettings
@@ -46,6 +48,7 @@ from ensdef.presets import load_preset
 from ensdef.rng import make_generator
 from ensdef.store import ArtifactStore
 
+SERVE_YAML = Path(__file__).resolve().parent.parent / "deployments" / "serve.yaml"
 BODIES = 64  # distinct request bodies per request size, cycled
 JSON = {"Content-Type": "application/json"}
 
@@ -114,7 +117,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=64, help="at least this many requests per throughput run")
     ap.add_argument("--seconds", type=float, default=5.0, help="at least this long per throughput measurement")
     ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--images-per-request", type=int, default=32)
+    ap.add_argument("--images-per-request", type=int, default=64, help="default: the service's max_images")
     ap.add_argument("--wire", default="npy", choices=["npy", "json"], help="HTTP body encoding")
     ap.add_argument("--grpc", action="store_true", help="also measure gRPC throughput")
     ap.add_argument("--max-pass-images", type=int, default=256, help="member hosts' images per forward pass")
@@ -123,13 +126,19 @@ def main() -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="an environment variable of every replica (repeatable), e.g. MALLOC_ARENA_MAX=2",
+        help="an environment variable of every replica (repeatable); default: deployments/serve.yaml's env_vars",
     )
     ap.add_argument("--host-calls", type=int, default=2, help="outstanding calls per member host (coalescing)")
     ap.add_argument("--member-replicas", type=int, default=1, help="replicas of every member host")
-    ap.add_argument("--member-threads", type=int, default=0, help="member hosts' torch threads (0: Ray's default)")
+    ap.add_argument(
+        "--member-threads", type=int, default=None, help="member hosts' torch threads (default: serve.yaml's)"
+    )
     ap.add_argument("--object-store-mb", type=int, default=1024, help="object store of the local Ray")
     a = ap.parse_args()
+    shipped = yaml.safe_load(SERVE_YAML.read_text())["applications"][0]["args"]  # the small-machine config
+    if a.member_threads is None:
+        a.member_threads = shipped["members"]["threads"]
+    env = dict(kv.split("=", 1) for kv in a.env) if a.env else dict(shipped["env_vars"])
     torch.set_num_threads(2)
     mem = PeakMemory()
     mem.start()
@@ -164,7 +173,7 @@ def main() -> None:
         "deadline_s": 120.0,
         "host_calls": a.host_calls,
         "max_images": max(64, a.images_per_request),  # the ingress refuses larger requests
-        "env_vars": dict(kv.split("=", 1) for kv in a.env),
+        "env_vars": env,
         "defenses": sorted(inproc),
     }
     s = ServeSettings.from_dict(args)
