@@ -38,6 +38,7 @@ class HostCalls:
         self.queue: deque[tuple[list[Job], asyncio.Future]] = deque()
         self.in_flight = 0
         self.calls = 0  # calls made (for telemetry and tests)
+        self._tasks: set[asyncio.Task] = set()  # the loop keeps only weak references to running tasks
 
     async def call(self, jobs: list[Job]) -> list[torch.Tensor]:
         """The results of ``jobs`` ``[one tensor per job]``, sent alone or with other requests' jobs."""
@@ -49,15 +50,21 @@ class HostCalls:
     def _dispatch(self) -> None:
         while self.queue and self.in_flight < self.max_in_flight:
             bundle, images = [], 0
-            while self.queue and (not bundle or images + _images(self.queue[0][0]) <= self.max_images):
-                jobs, fut = self.queue.popleft()
+            while self.queue:
+                jobs, fut = self.queue[0]
+                n = sum(len(j.x) for j in jobs)
+                if bundle and images + n > self.max_images:
+                    break
+                self.queue.popleft()
                 if not fut.done():  # a request that already gave up is not sent
                     bundle.append((jobs, fut))
-                    images += _images(jobs)
+                    images += n
             if bundle:
                 self.in_flight += 1
                 self.calls += 1
-                asyncio.ensure_future(self._send(bundle))
+                task = asyncio.ensure_future(self._send(bundle))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     async def _send(self, bundle: list[tuple[list[Job], asyncio.Future]]) -> None:
         try:
@@ -74,7 +81,3 @@ class HostCalls:
         finally:
             self.in_flight -= 1
             self._dispatch()
-
-
-def _images(jobs: list[Job]) -> int:
-    return sum(len(j.x) for j in jobs)

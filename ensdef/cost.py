@@ -41,15 +41,10 @@ def planned_steps(plan: MemberPlan, data: Dataset) -> int:
     return plan.train.epochs * math.ceil(n / plan.train.batch_size)
 
 
-def training_cost(plan: MemberPlan, data: Dataset) -> float:
-    """Estimated training seconds of ``plan`` (relative: for ordering, not a promise of wall time):
-    :func:`planned_steps` x :func:`step_seconds`."""
-    return planned_steps(plan, data) * step_seconds(plan, data)
-
-
-def longest_first(plans: list[MemberPlan], data: Dataset) -> list[MemberPlan]:
-    """``plans`` by :func:`training_cost`, longest first (ties keep their order). One timing per distinct
-    model and batch size: the ten temperature networks of a preset share one."""
+def training_costs(plans: list[MemberPlan], data: Dataset) -> dict[str, float]:
+    """Estimated training seconds per plan name (relative: for ordering, not a promise of wall time):
+    :func:`planned_steps` x :func:`step_seconds`, timed once per distinct model and batch size (the ten
+    temperature networks of a preset share one timing)."""
     step: dict[str, float] = {}
     cost = {}
     for p in plans:
@@ -57,4 +52,10 @@ def longest_first(plans: list[MemberPlan], data: Dataset) -> list[MemberPlan]:
         if key not in step:
             step[key] = step_seconds(p, data)
         cost[p.name] = planned_steps(p, data) * step[key]
+    return cost
+
+
+def longest_first(plans: list[MemberPlan], data: Dataset) -> list[MemberPlan]:
+    """``plans`` by :func:`training_costs`, longest first (ties keep their order)."""
+    cost = training_costs(plans, data)
     return sorted(plans, key=lambda p: -cost[p.name])

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from ensdef.cost import longest_first, training_cost
+from ensdef.cost import longest_first, training_costs
 from ensdef.data import Dataset
 from ensdef.pools import Pool, plan_pool
 from ensdef.presets import load_preset
@@ -19,9 +19,10 @@ from tests.conftest import FIXTURES
 def test_every_planned_member_has_a_positive_cost(pool: Pool, mnist5k: Dataset) -> None:
     plans = plan_pool(load_preset(FIXTURES / "tiny.yaml"), pool)
     assert plans
-    for p in plans:
-        c = training_cost(p, mnist5k)
-        assert math.isfinite(c) and c > 0, p.name
+    costs = training_costs(plans, mnist5k)
+    assert sorted(costs) == sorted(p.name for p in plans)
+    for name, c in costs.items():
+        assert math.isfinite(c) and c > 0, name
 
 
 def test_longest_first_follows_planned_work(mnist5k: Dataset) -> None:
