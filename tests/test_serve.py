@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -196,10 +197,14 @@ def test_killed_member_degrades_or_fails_never_wrong_and_recovers(served, mnist5
 def test_metrics_reach_rays_prometheus_endpoint(served, ray_serve, mnist5k) -> None:
     ep = served[0]
     post(ep, "noisy-vote", {"images": mnist5k.test.x[:2].tolist()}, token=None, kind="application/json")
+    # Ray exports metrics every few seconds; other tests' defenses may have been exported already, so wait for
+    # exactly what is asserted: this defense's request counter and the client and member-batch series.
+    wanted = re.compile(r'^\w*ensdef_requests\w*\{[^}]*defense="noisy-vote"', re.MULTILINE)
     deadline, text = time.monotonic() + 90, ""
     while time.monotonic() < deadline:
         text = requests.get(f"http://127.0.0.1:{ray_serve['metrics']}/metrics", timeout=30).text
-        if "ensdef_requests" in text and "ensdef_client_queries" in text and "ensdef_member_batch_size" in text:
+        if wanted.search(text) and "ensdef_client_queries" in text and "ensdef_member_batch_size" in text:
             break
         time.sleep(3)
-    assert 'defense="noisy-vote"' in text and "ensdef_client_queries" in text and "ensdef_member_batch_size" in text
+    assert wanted.search(text), "no ensdef_requests series for defense noisy-vote was exported"
+    assert "ensdef_client_queries" in text and "ensdef_member_batch_size" in text
