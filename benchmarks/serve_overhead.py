@@ -9,14 +9,17 @@
   clock starts and sent by asyncio clients (aiohttp) over keep-alive connections;
 * the member hosts' threads and environment default to ``deployments/serve.yaml`` (the small-machine config);
 * latency: HTTP p50 / p99 at concurrency 1 against in-process single-image ``decide``;
+* ``--ingress direct``: clients connect to the ingress replica itself (Serve's direct ingress) instead of going
+  through Serve's HTTP and gRPC proxies, one process hop less per request;
 * peak memory (PSS) of the whole served stack (every Ray process), sampled throughout, overall and while each
   defense is measured; this driver's own peak apart.
 
 Goal on the 2-core machine: served throughput at least half of in-process; whole stack under 8 GB.
 
-    .venv/bin/python benchmarks/serve_overhead.py --store DIR [--preset mnist5k] [--packing pool]
+    .venv/bin/python benchmarks/serve_overhead.py --store DIR [--preset mnist5k] [--packing pool|none|ingress]
         [--defenses a,b] [--requests 64] [--images-per-request 64] [--wire npy|json] [--grpc]
         [--seconds 5] [--member-threads N] [--env KEY=VALUE] [--host-calls 2] [--member-replicas 1]
+        [--ingress proxy|direct]
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ import requests
 import torch
 import yaml
 
-from deployments.launch import deploy, start_local
-from deployments.settings import ServeSettings
+from deployments.launch import IngressMode, deploy, direct_ingress_env, start_local
+from deployments.settings import Packing, ServeSettings
 from ensdef.client import EnsdefClient, npy_body
 from ensdef.data import load_dataset
 from ensdef.defenses.base import Defense
@@ -112,7 +115,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--store", required=True)
     ap.add_argument("--preset", default="mnist5k")
-    ap.add_argument("--packing", default="pool", choices=["pool", "none"])
+    ap.add_argument("--packing", default="pool", choices=[m.value for m in Packing])
     ap.add_argument("--defenses", default=None)
     ap.add_argument("--requests", type=int, default=64, help="at least this many requests per throughput run")
     ap.add_argument("--seconds", type=float, default=5.0, help="at least this long per throughput measurement")
@@ -134,6 +137,12 @@ def main() -> None:
         "--member-threads", type=int, default=None, help="member hosts' torch threads (default: serve.yaml's)"
     )
     ap.add_argument("--object-store-mb", type=int, default=1024, help="object store of the local Ray")
+    ap.add_argument(
+        "--ingress",
+        default="proxy",
+        choices=[m.value for m in IngressMode],
+        help="proxy: through Serve's proxies; direct: clients connect to the ingress replica (Serve direct ingress)",
+    )
     a = ap.parse_args()
     shipped = yaml.safe_load(SERVE_YAML.read_text())["applications"][0]["args"]  # the small-machine config
     if a.member_threads is None:
@@ -158,7 +167,9 @@ def main() -> None:
             d.decide(x[i : i + 1], make_generator(i))
             lat.append(time.perf_counter() - t)
         inproc[name] = (d, tput, lat)
-    start_local(2, object_store_mb=a.object_store_mb)
+    ingress, http_port, grpc_port = IngressMode(a.ingress), 8123, 9123
+    env_ray = direct_ingress_env(http_port, grpc_port) if ingress is IngressMode.DIRECT else None
+    start_local(2, object_store_mb=a.object_store_mb, env=env_ray)
     # a generous deadline: the benchmark measures throughput, not how the deadline sheds load
     args = {
         "store": a.store,
@@ -178,7 +189,7 @@ def main() -> None:
     }
     s = ServeSettings.from_dict(args)
     t0 = time.perf_counter()
-    ep = deploy(s, http_port=8123, grpc_port=9123)
+    ep = deploy(s, http_port=http_port, grpc_port=grpc_port, ingress=ingress)
     deploy_s = time.perf_counter() - t0
     rows = []
     local = threading.local()  # one keep-alive session per client thread
@@ -293,6 +304,7 @@ def main() -> None:
         json.dumps(
             {
                 "packing": a.packing,
+                "ingress": ingress.value,
                 "concurrency": a.concurrency,
                 "seconds_per_throughput": a.seconds,
                 "images_per_request": a.images_per_request,

@@ -18,7 +18,7 @@ from ray.serve import Application
 from deployments.ingress import Ingress
 from deployments.member import MemberHost
 from deployments.router import Router
-from deployments.settings import Packing, ServeSettings
+from deployments.settings import INGRESS_HOST, Packing, ServeSettings
 from ensdef.defenses.registry import DEFENSES, build_defense
 from ensdef.presets import load_preset
 from ensdef.store import ArtifactStore
@@ -91,7 +91,7 @@ def application(s: ServeSettings, defenses: dict[str, list[str]]) -> Application
     hosts_members = layout(s, {m for ms in defenses.values() for m in ms})
     host_of = {m: h for h, ms in hosts_members.items() for m in ms}
     store = ArtifactStore(s.store)
-    hosts = {}
+    hosts, local = {}, hosts_members.pop(INGRESS_HOST, None)
     for h, ms in hosts_members.items():
         opt = s.options_for(ms[0] if h.startswith("member-") else h, store.manifest(ms[0]).role.value)
         hosts[h] = MemberHost.options(
@@ -103,7 +103,8 @@ def application(s: ServeSettings, defenses: dict[str, list[str]]) -> Application
 
     def routing(ds: list[str]) -> dict[str, Any]:
         ms = sorted({m for d in ds for m in defenses[d]})
-        used = sorted({host_of[m] for m in ms})
+        used = sorted({host_of[m] for m in ms} - {INGRESS_HOST})
+        opt = s.members
         return {
             "defenses": ds,
             "preset": s.preset,
@@ -114,12 +115,15 @@ def application(s: ServeSettings, defenses: dict[str, list[str]]) -> Application
             "quorum": s.quorum,
             "host_calls": s.host_calls,
             "host_call_images": s.host_call_images,
+            "local": {"members": local, "max_pass_images": opt.max_pass_images, "threads": opt.threads}
+            if local
+            else None,
         }
 
     # one router deployment per defense; packed, the ingress routes every defense itself (one hop less, and
     # one torch-importing replica fewer)
     routers, inline = {}, None
-    if s.packing is Packing.POOL:
+    if s.packing in (Packing.POOL, Packing.INGRESS):
         inline = routing(list(defenses))
     else:
         for d in defenses:

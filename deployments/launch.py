@@ -6,7 +6,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import ray
@@ -23,16 +25,50 @@ log = logging.getLogger(__name__)
 SERVICER = "ensdef.proto.ensdef_pb2_grpc.add_EnsdefServicer_to_server"
 # Serve's 5 s proxy readiness check fails on a busy 2-core machine; a local Ray inherits these.
 SMALL_MACHINE_ENV = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "60"}
+DIRECT_INGRESS_FLAG = "RAY_SERVE_ENABLE_DIRECT_INGRESS"
+PORT_SPAN = 100  # direct ingress: ports per protocol for ingress replicas on one node
+
+
+class IngressMode(str, Enum):
+    """Where clients connect. ``proxy``: Serve's HTTP and gRPC proxies, which forward every request to an
+    ingress replica (Serve's default). ``direct``: the ingress replicas serve HTTP and gRPC themselves (Serve's
+    direct ingress, one process hop less per request; each replica takes the lowest free port from
+    ``http_port`` and ``grpc_port`` up). Direct ingress is a cluster-wide Ray setting, fixed when Ray starts:
+    a local Ray started here gets it, an external one must have been started with :func:`direct_ingress_env`
+    in its environment (``RAY_SERVE_ENABLE_DIRECT_INGRESS=1 ray start ...``)."""
+
+    PROXY = "proxy"
+    DIRECT = "direct"
+
+
+def direct_ingress_env(http_port: int, grpc_port: int) -> dict[str, str]:
+    """The environment a Ray cluster needs for direct ingress with ingress replicas on ``http_port`` and
+    ``grpc_port`` (and up, one port per further replica on a node; Serve's fallback proxy :data:`PORT_SPAN`
+    above, see :func:`deploy`)."""
+    if abs(http_port - grpc_port) < 2 * PORT_SPAN:
+        raise ValueError(f"direct ingress: HTTP and gRPC ports must be at least {2 * PORT_SPAN} apart")
+    return {
+        DIRECT_INGRESS_FLAG: "1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http_port),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http_port + PORT_SPAN - 1),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc_port),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(grpc_port + PORT_SPAN - 1),
+    }
 
 
 def start_local(
-    num_cpus: float | None = None, metrics_port: int | None = None, object_store_mb: int | None = None
+    num_cpus: float | None = None,
+    metrics_port: int | None = None,
+    object_store_mb: int | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> None:
     """A new local Ray with Serve timeouts that hold on small, busy machines; Prometheus metrics on
     ``metrics_port`` (Ray picks one when None); an object store of ``object_store_mb`` (Ray's default: 30% of
-    memory)."""
+    memory). ``env`` (e.g. :func:`direct_ingress_env`) is set for this process and so for every Ray process
+    started from it."""
     for k, v in SMALL_MACHINE_ENV.items():
         os.environ.setdefault(k, v)
+    os.environ.update(env or {})
     extra: dict[str, int] = {"_metrics_export_port": metrics_port} if metrics_port else {}
     if object_store_mb:
         extra["object_store_memory"] = object_store_mb * 2**20
@@ -41,13 +77,26 @@ def start_local(
 
 @dataclass(frozen=True)
 class Endpoints:
+    """Where the deployed application answers: ``http`` (a base URL) and ``grpc`` (``host:port``); with direct
+    ingress, one per ingress replica in ``http_all`` and ``grpc_all`` (``http`` and ``grpc`` are the first)."""
+
     http: str
     grpc: str
     defenses: list[str]
     ray_address: str
+    ingress: IngressMode = IngressMode.PROXY
+    http_all: list[str] = field(default_factory=list)
+    grpc_all: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"http": self.http, "grpc": self.grpc, "defenses": self.defenses, "ray_address": self.ray_address}
+        return {
+            "http": self.http,
+            "grpc": self.grpc,
+            "defenses": self.defenses,
+            "ray_address": self.ray_address,
+            "ingress": self.ingress.value,
+            **({"http_all": self.http_all, "grpc_all": self.grpc_all} if len(self.http_all) > 1 else {}),
+        }
 
 
 def train_missing(s: ServeSettings, data_root: str | None = None) -> None:
@@ -63,17 +112,20 @@ def train_missing(s: ServeSettings, data_root: str | None = None) -> None:
         run_selection(store, preset, data.val)
 
 
-def connect(address: str | None, num_cpus: float | None = None) -> str:
-    """Join the Ray cluster at ``address`` (or the one ``ray start`` left running); start a local one when none
-    is reachable. Returns the address."""
-    if not ray.is_initialized():
+def connect(address: str | None, num_cpus: float | None = None, env: Mapping[str, str] | None = None) -> str:
+    """Join the Ray cluster at ``address`` (or the one ``ray start`` left running); start a local one, with
+    ``env`` in its processes' environment, when none is reachable or ``address`` is ``local``. Returns the
+    address."""
+    if not ray.is_initialized() and address == "local":
+        start_local(num_cpus, env=env)
+    elif not ray.is_initialized():
         try:
             ray.init(address=address or "auto", log_to_driver=False)
         except ConnectionError:
             if address:
                 raise
             log.info("no running Ray found; starting a local one")
-            start_local(num_cpus)
+            start_local(num_cpus, env=env)
     return ray.get_runtime_context().gcs_address
 
 
@@ -93,14 +145,45 @@ def deploy(
     http_port: int = 8000,
     grpc_port: int = 9000,
     proxy_location: str = "EveryNode",
+    ingress: IngressMode = IngressMode.PROXY,
 ) -> Endpoints:
-    """Start Serve's HTTP and gRPC proxies and deploy the application (replacing one of the same name)."""
-    deploy_proxies(host, http_port, grpc_port, proxy_location)
+    """Start Serve and deploy the application (replacing one of the same name). Clients connect to Serve's
+    proxies on ``http_port`` and ``grpc_port``, or with ``ingress`` direct to the ingress replicas there (Serve
+    keeps a proxy as the fallback for an application without running replicas: it gets the ports
+    :data:`PORT_SPAN` above). Raises when direct ingress is asked of a cluster that was not started with it."""
+    shift = PORT_SPAN if ingress is IngressMode.DIRECT else 0
+    deploy_proxies(host, http_port + shift, grpc_port + shift, proxy_location)
     t0 = time.perf_counter()
     s = absolute(s)
     defenses = served_defenses(s)  # built once: the app and the printed endpoints use the same answer
     serve.run(application(s, defenses), name=s.application, route_prefix="/", blocking=False)
     log.info("deployed %s in %.1fs", s.application, time.perf_counter() - t0)
-    return Endpoints(
-        f"http://{host}:{http_port}", f"{host}:{grpc_port}", sorted(defenses), ray.get_runtime_context().gcs_address
-    )
+    address = ray.get_runtime_context().gcs_address
+    direct = ingress_targets(s.application, 60.0 if ingress is IngressMode.DIRECT else 0.0)
+    if direct is None and ingress is IngressMode.DIRECT:
+        raise RuntimeError(
+            f"direct ingress asked, but the Ray cluster serves through proxies: start it with "
+            f"{DIRECT_INGRESS_FLAG}=1 (deployments.launch.direct_ingress_env), or use ingress proxy"
+        )
+    if direct is None:
+        return Endpoints(f"http://{host}:{http_port}", f"{host}:{grpc_port}", sorted(defenses), address)
+    http_all = [f"http://{host}:{p}" for p in direct["HTTP"]]
+    grpc_all = [f"{host}:{p}" for p in direct["gRPC"]]
+    return Endpoints(http_all[0], grpc_all[0], sorted(defenses), address, IngressMode.DIRECT, http_all, grpc_all)
+
+
+def ingress_targets(app: str, timeout_s: float = 0.0) -> dict[str, list[int]] | None:
+    """Protocol (``HTTP``, ``gRPC``) -> ports of ``app``'s ingress replicas when the cluster runs Serve's direct
+    ingress; None when clients go through Serve's proxies (whose target groups name no application). Polls up
+    to ``timeout_s`` for the replicas' ports."""
+    from ray.serve.context import _get_global_client  # Serve's own client; `serve status` reads the same details
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        groups = _get_global_client().get_serve_details().get("target_groups", [])
+        ours = {g["protocol"]: sorted(t["port"] for t in g["targets"]) for g in groups if g["app_name"] == app}
+        if ours.get("HTTP") and ours.get("gRPC"):
+            return ours
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.5)

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,9 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Histogram
 
-from deployments.coalesce import HostCalls
+from deployments.coalesce import HostCalls, Send
+from deployments.member import Members, batch_size_histogram
+from deployments.settings import INGRESS_HOST
 from ensdef.defenses.registry import build_defense
 from ensdef.plans import Job, QuorumLost, Results
 from ensdef.presets import load_preset
@@ -58,12 +61,19 @@ class Routing:
         quorum: float,
         host_calls: int = 2,
         host_call_images: int = 2048,
+        local: dict[str, Any] | None = None,
     ) -> None:
+        """``local`` (``packing: ingress``): ``{"members": [...], "max_pass_images": N, "threads": N}``, members
+        this replica computes itself, in one worker thread (host :data:`INGRESS_HOST`)."""
         st, pr = ArtifactStore(store), load_preset(preset)
         self.defenses = {d: build_defense(d, st, pr, "cpu") for d in defenses}
         self.hosts = {
             h: HostCalls(handle.run.remote, host_calls, host_call_images, deadline_s) for h, handle in hosts.items()
         }
+        if local:
+            self.hosts[INGRESS_HOST] = HostCalls(
+                self._local_host(store, local, host_calls), host_calls, host_call_images, deadline_s
+            )
         self.host_of = host_of
         self.deadline_s, self.quorum = deadline_s, quorum
         tags = ("defense",)
@@ -78,6 +88,23 @@ class Routing:
             boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000],
             tag_keys=("defense", "host"),
         )
+
+    def _local_host(self, store: str, local: dict[str, Any], workers: int) -> Send:
+        """A host in this process: the models answer bundles in ``workers`` threads (one per outstanding call;
+        torch releases the GIL), so the event loop keeps parsing requests meanwhile; ``threads`` sets this
+        process's torch threads."""
+        if local.get("threads", 0) > 0:
+            torch.set_num_threads(local["threads"])
+        host = Members(store, local["members"], local["max_pass_images"], torch.device("cpu"))
+        worker = ThreadPoolExecutor(workers, thread_name_prefix="members")
+        batch_sizes = batch_size_histogram()
+
+        async def send(bundle: list[list[Job]]) -> list[list[torch.Tensor]]:
+            out = await asyncio.get_running_loop().run_in_executor(worker, host.answer, bundle)
+            batch_sizes.observe(len(bundle), tags={"host": INGRESS_HOST})
+            return out
+
+        return send
 
     async def classify(self, defense: str, x: torch.Tensor, seed: int) -> Verdict:
         """``defense``'s Decisions for ``x`` ``[B, C, H, W]`` with the request's randomness drawn from ``seed``."""

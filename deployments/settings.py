@@ -11,6 +11,10 @@ from typing import Any
 class Packing(str, Enum):
     NONE = "none"  # one deployment per member: the cluster layout (one actor per model)
     POOL = "pool"  # one deployment per pool (role) hosting all its members: small machines
+    INGRESS = "ingress"  # every member in the ingress replica itself (no member actors): the smallest machines
+
+
+INGRESS_HOST = "ingress"  # the host name of members packed into the ingress replica
 
 
 @dataclass(frozen=True)
@@ -103,9 +107,11 @@ class ServeSettings:
         return self.overrides.get(member) or self.overrides.get(role) or self.members
 
     def host_name(self, member: str, role: str) -> str:
-        """The deployment that hosts ``member``: its own, or its pool's when packed."""
+        """The deployment that hosts ``member``: its own, its pool's when packed, or the ingress replica."""
         alone = self.packing is Packing.NONE or member in self.unpacked or role in self.unpacked
-        return f"member-{member}" if alone else f"pool-{role}"
+        if alone:
+            return f"member-{member}"
+        return INGRESS_HOST if self.packing is Packing.INGRESS else f"pool-{role}"
 
 
 def _options(d: dict[str, Any] | MemberOptions) -> MemberOptions:

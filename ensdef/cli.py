@@ -18,6 +18,7 @@ from typing import Any
 from ensdef.config import ConfigError, to_plain
 
 Handler = Callable[[argparse.Namespace], tuple[Any, int]]
+ADDRESS_HELP = "Ray address (local: a new local Ray); default: a running cluster, else a new local one"
 POOL_NAMES = ("target", "verifiers", "denoisers", "reformers", "tempnets", "rls", "baselines")  # ensdef.pools.Pool
 COMMANDS: dict[str, Handler] = {}
 
@@ -257,7 +258,7 @@ def _serve(a: argparse.Namespace) -> tuple[Any, int]:
             args[key] = value
     if a.defenses:
         args["defenses"] = list(_csv(a.defenses) or ())
-    if a.detach and not (a.address or os.environ.get("RAY_ADDRESS")):
+    if a.detach and (a.address == "local" or not (a.address or os.environ.get("RAY_ADDRESS"))):
         raise ValueError(
             "--detach needs the Ray cluster to deploy onto: --address ADDR, or --address auto for the one "
             "`ray start --head` runs here (a Ray this command started would end with it)"
@@ -273,8 +274,16 @@ def _serve(a: argparse.Namespace) -> tuple[Any, int]:
             + "; ".join(f"{k}: {v}" for k, v in missing.items())
         )
     with contextlib.redirect_stdout(sys.stderr):  # Ray's start-up lines; stdout stays the result
-        address = launch.connect(a.address, a.num_cpus)
-        ep = launch.deploy(settings, http["host"], int(http["port"]), int(grpc_port), a.proxy_location or proxies)
+        ingress = launch.IngressMode(a.ingress)
+        env = (
+            launch.direct_ingress_env(int(http["port"]), int(grpc_port))
+            if ingress is launch.IngressMode.DIRECT
+            else None
+        )
+        address = launch.connect(a.address, a.num_cpus, env)
+        ep = launch.deploy(
+            settings, http["host"], int(http["port"]), int(grpc_port), a.proxy_location or proxies, ingress
+        )
     out = {**ep.to_json(), "not_served": missing}
     if a.detach:  # the application stays on the cluster after this process ends
         return {**out, "detached": True, "ray_address": address}, 0
@@ -453,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
         tu.add_argument("--name", default=None, help="experiment name (default: derived from the plans)")
         tu.add_argument("--no-resume", action="store_true", help="start afresh instead of restoring")
         tu.add_argument("--gpu-as", default=None, help="request this custom resource instead of GPUs")
-        tu.add_argument("--address", help="Ray address; default: a running cluster, else a new local one")
+        tu.add_argument("--address", help=ADDRESS_HELP)
         tu.add_argument("--num-cpus", type=float, default=None, help="CPUs of a new local Ray")
         tu.add_argument("--data-root", default=None, help="folder with torchvision dataset files")
 
@@ -462,18 +471,30 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--store", default=None)
     sv.add_argument("--config", help="a Serve config YAML (deployments/serve.yaml); flags override its args")
     sv.add_argument("--defenses", help="comma-separated; default: every defense whose artifacts exist")
-    sv.add_argument("--packing", choices=["none", "pool"], default=None)
+    sv.add_argument(
+        "--packing",
+        choices=["none", "pool", "ingress"],
+        default=None,
+        help="none: one actor per model; pool: one per pool; ingress: every member in the ingress replica",
+    )
     sv.add_argument("--admin-token", default=None)
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--http-port", type=int, default=8000)
     sv.add_argument("--grpc-port", type=int, default=9000)
-    sv.add_argument("--address", help="Ray address; default: a running cluster, else a new local one")
+    sv.add_argument("--address", help=ADDRESS_HELP)
     sv.add_argument("--num-cpus", type=float, default=None, help="CPUs of a new local Ray")
     sv.add_argument("--train-missing", action="store_true", help="train the preset's missing artifacts first")
     sv.add_argument(
         "--proxy-location", choices=["EveryNode", "HeadOnly"], default=None, help="HeadOnly: nodes share a machine"
     )
     sv.add_argument("--detach", action="store_true", help="return after deploying (needs --address: an external Ray)")
+    sv.add_argument(
+        "--ingress",
+        choices=["proxy", "direct"],
+        default="proxy",
+        help="proxy: Serve's HTTP/gRPC proxies; direct: the ingress replicas listen themselves (one hop less; "
+        "a local Ray started here gets it, an external one needs RAY_SERVE_ENABLE_DIRECT_INGRESS=1)",
+    )
     data_args(sv)
     return p
 

@@ -65,21 +65,31 @@ def in_process(store, preset, defense: str, x: torch.Tensor, seed: int) -> list[
     return [d.to_json() for d in build_defense(defense, store, preset).decide(x, make_generator(seed))]
 
 
+ANSWER_FIELDS = ("label", "flagged", "abstained", "degraded")
+
+
+def assert_served_as_in_process(
+    http: str, client: EnsdefClient, token: str, store, preset, defense: str, x: torch.Tensor, seed: int
+) -> None:
+    """HTTP and gRPC answers for ``x`` with ``seed`` equal the in-process Decisions of ``defense``."""
+    want = in_process(store, preset, defense, x, seed)
+    r = requests.post(
+        f"{http}/v1/{defense}/classify",
+        json={"images": x.tolist(), "seed": seed},
+        headers={"X-Admin-Token": token},
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    assert [{k: a[k] for k in ANSWER_FIELDS} for a in r.json()["answers"]] == want, defense
+    assert [{k: a[k] for k in ANSWER_FIELDS} for a in client.classify(defense, x, token, seed)] == want, defense
+
+
 def test_http_and_grpc_answers_equal_in_process_decisions(served, mnist5k) -> None:
     ep, client, store, preset = served
     x = mnist5k.test.x[::97][:6]
     assert len(ep.defenses) == 11
     for defense in ep.defenses:
-        want = in_process(store, preset, defense, x, 11)
-        r = post(ep, defense, {"images": x.tolist(), "seed": 11})
-        assert r.status_code == 200, r.text
-        got = [{k: a[k] for k in ("label", "flagged", "abstained", "degraded")} for a in r.json()["answers"]]
-        assert got == want, defense
-        via_grpc = [
-            {k: a[k] for k in ("label", "flagged", "abstained", "degraded")}
-            for a in client.classify(defense, x, TOKEN, 11)
-        ]
-        assert via_grpc == want, defense
+        assert_served_as_in_process(ep.http, client, TOKEN, store, preset, defense, x, 11)
     assert client.defenses() == ep.defenses
 
 

@@ -89,6 +89,22 @@ def test_packing_decides_the_layout(tiny_store) -> None:
     assert len(alone) == len(members) and all(len(v) == 1 for v in alone.values())
     mixed = layout(ServeSettings.from_dict({**base, "unpacked": ["tempnet"]}), members)
     assert "pool-tempnet" not in mixed and "member-tempnet-01" in mixed and "pool-verifier" in mixed
+    inline = layout(ServeSettings.from_dict({**base, "packing": "ingress", "unpacked": ["target"]}), members)
+    assert set(inline) == {"ingress", "member-target"} and sorted(inline["ingress"]) == sorted(members - {"target"})
+
+
+def test_direct_ingress_env_gives_each_protocol_its_own_port_range() -> None:
+    from deployments.launch import direct_ingress_env
+
+    env = direct_ingress_env(8000, 9000)
+    assert env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"
+    assert (env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"], env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"]) == (
+        "8000",
+        "8099",
+    )
+    assert env["RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT"] == "9000"
+    with pytest.raises(ValueError, match="apart"):
+        direct_ingress_env(8000, 8150)  # the HTTP range and its fallback proxy would reach the gRPC range
 
 
 def test_the_library_never_imports_ray() -> None:
