@@ -24,7 +24,8 @@ from ensdef.store import ArtifactStore
 log = logging.getLogger(__name__)
 
 
-def _device() -> torch.device:
+def replica_device() -> torch.device:
+    """CUDA when Ray gave this replica a GPU, else CPU."""
     return torch.device("cuda") if ray.get_gpu_ids() and torch.cuda.is_available() else torch.device("cpu")
 
 
@@ -87,7 +88,7 @@ class MemberHost:
     ) -> None:
         if threads > 0:  # else Ray's OMP_NUM_THREADS (the replica's num_cpus, at least 1)
             torch.set_num_threads(threads)
-        self.host = Members(store, members, max_pass_images, _device())
+        self.host = Members(store, members, max_pass_images, replica_device())
         self.run.set_max_batch_size(max_batch_size)
         self.run.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self.batch_sizes = batch_size_histogram()

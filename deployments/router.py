@@ -26,7 +26,7 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Histogram
 
 from deployments.coalesce import HostCalls, Send
-from deployments.member import Members, batch_size_histogram
+from deployments.member import Members, batch_size_histogram, replica_device
 from deployments.settings import INGRESS_HOST
 from ensdef.defenses.registry import build_defense
 from ensdef.plans import Job, QuorumLost, Results
@@ -95,7 +95,7 @@ class Routing:
         process's torch threads."""
         if local.get("threads", 0) > 0:
             torch.set_num_threads(local["threads"])
-        host = Members(store, local["members"], local["max_pass_images"], torch.device("cpu"))
+        host = Members(store, local["members"], local["max_pass_images"], replica_device())
         worker = ThreadPoolExecutor(workers, thread_name_prefix="members")
         batch_sizes = batch_size_histogram()
 
