@@ -36,8 +36,8 @@ def step_seconds(plan: MemberPlan, data: Dataset, repeats: int = 2) -> float:
 
 
 def planned_steps(plan: MemberPlan, data: Dataset) -> int:
-    """Optimisation steps ``plan`` asks for: epochs x batches per epoch of its (partition of the) training set."""
-    n = len(data.train) // plan.partition[1] if plan.partition else len(data.train)
+    """Optimisation steps ``plan`` asks for: epochs x batches per epoch of its share of the training set."""
+    n = len(plan.data.indices(len(data.train))) if plan.data else len(data.train)
     return plan.train.epochs * math.ceil(n / plan.train.batch_size)
 
 

@@ -20,7 +20,7 @@ from ensdef.config import from_mapping, to_plain
 from ensdef.data import Dataset, Split
 from ensdef.models import Kind, build, get_spec
 from ensdef.noise import NoiseKind, NoiseSpec
-from ensdef.presets import GroupLossKind, Preset, TrainConfig
+from ensdef.presets import DataShare, GroupLossKind, Preset, TrainConfig
 from ensdef.rng import make_generator, seeded
 from ensdef.store import ArtifactStore, Manifest
 from ensdef.train import EpochHook, TrainResult, accuracy, reconstruction_mse, train_autoencoder, train_classifier
@@ -40,6 +40,26 @@ class Pool(str, Enum):
 
 
 @dataclass(frozen=True)
+class DataSlice:
+    """Member ``index`` (from 0) of ``count``: which training images it sees under ``share``."""
+
+    index: int
+    count: int
+    share: DataShare
+
+    def indices(self, n: int) -> list[int]:
+        """Positions into a split of ``n`` images; slice ``i`` is every ``count``-th image from ``i``, so the
+        slices are disjoint, cover the split and keep its class balance when the split is shuffled."""
+        if self.share is DataShare.ALL:
+            return list(range(n))
+        own = self.share is DataShare.PARTITION
+        return [i for i in range(n) if (i % self.count == self.index) == own]
+
+    def apply(self, split: Split) -> Split:
+        return split if self.share is DataShare.ALL else split.subset(self.indices(len(split)))
+
+
+@dataclass(frozen=True)
 class MemberPlan:
     """Everything needed to train one member; picklable, so a Tune trial can carry it."""
 
@@ -48,7 +68,7 @@ class MemberPlan:
     architecture: str
     train: TrainConfig
     noise: NoiseSpec | None = None  # autoencoders: the corruption trained against
-    partition: tuple[int, int] | None = None  # (index, count): train on that disjoint slice only
+    data: DataSlice | None = None  # None: the whole training split
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -98,7 +118,7 @@ def _tempnets(p: Preset) -> list[MemberPlan]:
                 Role.TEMPNET,
                 t.architecture,
                 cfg,
-                partition=(l - 1, t.count) if t.partition else None,
+                data=DataSlice(l - 1, t.count, t.data),
                 extra={"temperature": temp, "index": l},
             )
         )
@@ -151,10 +171,6 @@ POST_STEPS: dict[Pool, Callable[[Preset, Dataset, ArtifactStore, bool], dict[str
 
 def plan_pool(preset: Preset, pool: Pool) -> list[MemberPlan]:
     return PLANNERS[pool](preset)
-
-
-def _partition(split: Split, index: int, count: int) -> Split:
-    return split.subset(list(range(index, len(split), count)))
 
 
 def _fit_classifier(
@@ -236,7 +252,7 @@ def train_member(plan: MemberPlan, data: Dataset, store: ArtifactStore, on_epoch
     ``on_epoch(epoch, validation score)`` follows training (Tune reports and early-stops through it)."""
     with seeded(plan.train.seed):
         model = build(plan.architecture, data.shape, data.num_classes, **plan.extra.get("build_kwargs", {}))
-    train = _partition(data.train, *plan.partition) if plan.partition else data.train
+    train = plan.data.apply(data.train) if plan.data else data.train
     model, metrics, res = _fitter(plan)(plan, model, train, data, on_epoch)
     metrics.update(epochs=res.epochs_run, seconds=round(res.seconds, 2), train_size=len(train))
     return store.save_model(model, member_manifest(plan, data, metrics))

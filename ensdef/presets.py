@@ -39,8 +39,13 @@ class TrainConfig:
     rotate: float = 0.0  # random rotation augmentation, in degrees
     temperature: float = 1.0
     noise_sigma: float = 0.0  # Gaussian noise augmentation (x + sigma N(0, 1), unclipped), as for smoothing
+    clean_fraction: float = 0.0  # with noise_sigma: share of training images (drawn per image) left clean
     seed: int = 0
     device: str = "auto"  # "auto" picks CUDA when present
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.clean_fraction < 1.0:
+            raise ConfigError(f"train.clean_fraction must be in [0, 1), got {self.clean_fraction}")
 
 
 @dataclass(frozen=True)
@@ -81,11 +86,19 @@ class ReformerPool:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+class DataShare(str, Enum):
+    """What member l of m trains on, the training split cut into m interleaved slices."""
+
+    ALL = "all"  # the whole split
+    PARTITION = "partition"  # slice l only: disjoint training sets (the paper's MNIST setting)
+    HOLDOUT = "holdout"  # every slice but l: each member leaves out its own tenth (for m = 10)
+
+
 @dataclass(frozen=True)
 class TempnetPool:
     count: int = 10  # m
     base_temperature: float = 10.0  # T_l = base * l
-    partition: bool = False  # disjoint training partitions (the paper's MNIST setting)
+    data: DataShare = DataShare.ALL
     architecture: str = "tempnet"
     train: TrainConfig = field(default_factory=TrainConfig)
 

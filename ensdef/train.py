@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from ensdef.data import Split
 from ensdef.noise import NoiseSpec, corrupt
 from ensdef.presets import Optim, TrainConfig
-from ensdef.rng import make_generator, randn_like, seeded
+from ensdef.rng import make_generator, rand_like, randn_like, seeded
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,14 @@ def reconstruction_mse(model: nn.Module, split: Split, noise: NoiseSpec | None =
     """Mean squared error per pixel between ``model(q(x))`` and ``x`` (``q`` = ``noise`` or identity)."""
     x = split.x if noise is None else corrupt(split.x, noise, make_generator(seed))
     return float(((predict(model, x) - split.x) ** 2).mean())
+
+
+def noisy_rows(x: torch.Tensor, clean_fraction: float, g: torch.Generator) -> torch.Tensor | float:
+    """Mask ``[B, 1, 1, 1]``: 0 for the images of ``x`` ``[B, C, H, W]`` that stay clean (each with probability
+    ``clean_fraction``), 1 for the rest; 1.0 when none stays clean (no draw: earlier runs reproduce)."""
+    if clean_fraction <= 0:
+        return 1.0
+    return (rand_like(x[:, :1, :1, :1], g) >= clean_fraction).to(x.dtype)
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -155,7 +163,7 @@ def train_classifier(
     def loss(m: nn.Module, xb: torch.Tensor, yb: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         xb = augment(xb, cfg.shift, cfg.rotate, g)
         if cfg.noise_sigma > 0:
-            xb = xb + cfg.noise_sigma * randn_like(xb, g)
+            xb = xb + cfg.noise_sigma * randn_like(xb, g) * noisy_rows(xb, cfg.clean_fraction, g)
         return F.cross_entropy(m(xb) / cfg.temperature, yb)
 
     if cfg.noise_sigma > 0:  # members answer noisy queries: keep the checkpoint that is best under that noise

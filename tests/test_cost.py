@@ -10,8 +10,8 @@ import pytest
 
 from ensdef.cost import longest_first, training_costs
 from ensdef.data import Dataset
-from ensdef.pools import Pool, plan_pool
-from ensdef.presets import load_preset
+from ensdef.pools import DataSlice, Pool, plan_pool
+from ensdef.presets import DataShare, load_preset
 from tests.conftest import FIXTURES
 
 
@@ -29,5 +29,5 @@ def test_longest_first_follows_planned_work(mnist5k: Dataset) -> None:
     (mlp,) = [p for p in plan_pool(load_preset("mnist5k"), Pool.VERIFIERS) if p.architecture == "mlp"]
     short = dataclasses.replace(mlp, name="short", train=dataclasses.replace(mlp.train, epochs=1))
     long = dataclasses.replace(mlp, name="long", train=dataclasses.replace(mlp.train, epochs=50))
-    part = dataclasses.replace(long, name="partitioned", partition=(0, 10))  # 50 epochs on a tenth of the data
+    part = dataclasses.replace(long, name="partitioned", data=DataSlice(0, 10, DataShare.PARTITION))  # a tenth
     assert [p.name for p in longest_first([part, short, long], mnist5k)] == ["long", "partitioned", "short"]

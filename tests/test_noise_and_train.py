@@ -3,12 +3,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ensdef.config import ConfigError
 from ensdef.data import Dataset
 from ensdef.models import build
 from ensdef.noise import NoiseKind, NoiseSpec, corrupt
 from ensdef.presets import TrainConfig
 from ensdef.rng import make_generator, seeded
-from ensdef.train import accuracy, augment, reconstruction_mse, train_autoencoder, train_classifier
+from ensdef.train import accuracy, augment, noisy_rows, reconstruction_mse, train_autoencoder, train_classifier
 
 
 @pytest.mark.parametrize("kind", list(NoiseKind))
@@ -37,6 +38,16 @@ def test_augment_identity_and_shift() -> None:
     assert torch.equal(augment(x, 0, 0.0, make_generator(0)), x)
     y = augment(x, 3, 0.0, make_generator(0))
     assert y.shape == x.shape and abs(y.sum().item() - 2.0) < 0.2  # mass moved, not lost
+
+
+def test_clean_fraction_leaves_that_share_of_training_images_clean() -> None:
+    x = torch.zeros(4000, 1, 28, 28)
+    mask = noisy_rows(x, 0.25, make_generator(0))
+    assert isinstance(mask, torch.Tensor) and mask.shape == (4000, 1, 1, 1)
+    assert set(mask.unique().tolist()) == {0.0, 1.0} and abs(1 - mask.mean().item() - 0.25) < 0.03
+    assert noisy_rows(x, 0.0, make_generator(0)) == 1.0  # no draw: runs without it replay exactly
+    with pytest.raises(ConfigError, match="clean_fraction"):
+        TrainConfig(clean_fraction=1.0)
 
 
 def test_classifier_training_learns_and_is_deterministic(mnist5k: Dataset) -> None:
