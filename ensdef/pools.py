@@ -118,7 +118,7 @@ def _tempnets(p: Preset) -> list[MemberPlan]:
                 Role.TEMPNET,
                 t.architecture,
                 cfg,
-                data=DataSlice(l - 1, t.count, t.data),
+                data=None if t.data is DataShare.ALL else DataSlice(l - 1, t.count, t.data),
                 extra={"temperature": temp, "index": l},
             )
         )
@@ -269,8 +269,14 @@ def member_manifest(plan: MemberPlan, data: Dataset, metrics: dict[str, Any]) ->
         sha256="",
         train_config=to_plain(plan.train),
         metrics=metrics,
-        extra=dict(plan.extra),
+        extra=manifest_extra(plan),
     )
+
+
+def manifest_extra(plan: MemberPlan) -> dict[str, Any]:
+    """The manifest's ``extra`` for ``plan``: its own extras plus its training-data slice when it has one, so a
+    stored member records (and a resumed run can compare) which images it was trained on."""
+    return {**plan.extra, **({"data": to_plain(plan.data)} if plan.data else {})}
 
 
 def train_pools(

@@ -10,7 +10,7 @@ import pytest
 
 from ensdef.cost import planned_steps
 from ensdef.data import Dataset
-from ensdef.pools import Pool, plan_pool
+from ensdef.pools import Pool, manifest_extra, plan_pool
 from ensdef.presets import DataShare, load_preset
 
 
@@ -19,7 +19,7 @@ def _shares(share: DataShare, n: int) -> list[set[int]]:
     p = dataclasses.replace(p, tempnets=dataclasses.replace(p.tempnets, data=share))
     plans = plan_pool(p, Pool.TEMPNETS)
     assert len(plans) == p.tempnets.count == 10
-    return [set(plan.data.indices(n)) for plan in plans]
+    return [set(plan.data.indices(n) if plan.data else range(n)) for plan in plans]
 
 
 def test_partitions_are_disjoint_and_cover_the_split() -> None:
@@ -43,5 +43,18 @@ def test_members_train_on_their_share_and_cost_follows_it(share: DataShare, mnis
     assert all(abs(s - expected) <= 1 for s in sizes)
     p = load_preset("mnist5k")
     plan = plan_pool(dataclasses.replace(p, tempnets=dataclasses.replace(p.tempnets, data=share)), Pool.TEMPNETS)[0]
-    assert plan.data is not None and len(plan.data.apply(mnist5k.train)) == sizes[0]
+    assert (plan.data is None) == (share is DataShare.ALL)  # the whole split is written one way: no slice
+    assert len(plan.data.apply(mnist5k.train) if plan.data else mnist5k.train) == sizes[0]
     assert planned_steps(plan, mnist5k) == plan.train.epochs * -(-sizes[0] // plan.train.batch_size)
+
+
+def test_manifest_records_the_data_slice_a_member_was_trained_on() -> None:
+    p = load_preset("mnist5k")
+    for share in DataShare:
+        plan = plan_pool(dataclasses.replace(p, tempnets=dataclasses.replace(p.tempnets, data=share)), Pool.TEMPNETS)[2]
+        extra = manifest_extra(plan)
+        assert {k: extra[k] for k in plan.extra} == plan.extra
+        if share is DataShare.ALL:
+            assert "data" not in extra
+        else:
+            assert extra["data"] == {"index": 2, "count": 10, "share": share.value}

@@ -8,9 +8,10 @@ import dataclasses
 import pytest
 
 from ensdef.cli import POOL_NAMES
+from ensdef.data import Dataset
 from ensdef.defenses.crosslayer import CrossLayerMode
-from ensdef.pools import Pool, plan_pool
-from ensdef.presets import SweepConfig, TuneResources, load_preset
+from ensdef.pools import Pool, member_manifest, plan_pool
+from ensdef.presets import DataShare, SweepConfig, TuneResources, load_preset
 from ensdef.team_sweep import TeamTrial, grid
 from ensdef.teams import TeamPolicy
 from tests.conftest import FIXTURES
@@ -52,6 +53,21 @@ def test_swept_plan_records_its_values_and_matches_only_itself() -> None:
                  to_plain(plan.train), {}, to_plain(plan.extra))  # fmt: skip
     assert same_plan(m, plan) and not same_plan(m, s)
     assert not same_plan(m, dataclasses.replace(plan, train=dataclasses.replace(plan.train, epochs=99)))
+
+
+@pytest.mark.parametrize("share", [DataShare.PARTITION, DataShare.HOLDOUT])
+def test_a_member_trained_on_other_data_is_not_the_same_plan(share: DataShare, mnist5k: Dataset) -> None:
+    """Switching ``tempnets.data`` retrains: the manifest of a whole-split member does not match a sliced plan."""
+    preset = load_preset(FIXTURES / "tiny.yaml")
+    plans = {
+        s: plan_pool(dataclasses.replace(preset, tempnets=dataclasses.replace(preset.tempnets, data=s)), Pool.TEMPNETS)[
+            0
+        ]
+        for s in (DataShare.ALL, share)
+    }
+    stored = {s: member_manifest(pl, mnist5k, {}) for s, pl in plans.items()}
+    assert same_plan(stored[DataShare.ALL], plans[DataShare.ALL]) and same_plan(stored[share], plans[share])
+    assert not same_plan(stored[DataShare.ALL], plans[share]) and not same_plan(stored[share], plans[DataShare.ALL])
 
 
 def test_swept_rls_plan_changes_m_and_k() -> None:

@@ -19,7 +19,7 @@ from ray import tune
 
 from ensdef.config import to_plain
 from ensdef.data import Dataset, load_dataset
-from ensdef.pools import MemberPlan, train_member
+from ensdef.pools import MemberPlan, manifest_extra, train_member
 from ensdef.presets import Preset
 from ensdef.store import ArtifactStore, Manifest
 from tune.resources import use_trial_cpus
@@ -28,11 +28,11 @@ log = logging.getLogger(__name__)
 
 
 def same_plan(m: Manifest, plan: MemberPlan) -> bool:
-    """Whether stored manifest ``m`` was trained from ``plan`` (architecture, training config, extra)."""
+    """Whether stored manifest ``m`` was trained from ``plan`` (architecture, training config, extra, data slice)."""
     return (
         m.architecture == plan.architecture
         and m.train_config == to_plain(plan.train)
-        and json.loads(json.dumps(m.extra)) == json.loads(json.dumps(to_plain(plan.extra)))
+        and json.loads(json.dumps(m.extra)) == json.loads(json.dumps(to_plain(manifest_extra(plan))))
     )
 
 
