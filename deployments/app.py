@@ -86,6 +86,22 @@ def _with_env(options: dict[str, Any], env_vars: dict[str, str]) -> dict[str, An
     return {**options, "runtime_env": {"env_vars": dict(env_vars)}} if env_vars else options
 
 
+def ingress_options(s: ServeSettings, packs_members: bool) -> dict[str, Any]:
+    """Ray actor options of the ingress replica: a control actor (``ingress_num_cpus``, ``control_resources``)
+    that, with members packed into it (``packing: ingress``), also asks for the members' GPU share and custom
+    resources (``members`` options, ``gpu_as`` applied), so its members run on CUDA where the cluster has GPUs."""
+    out = _control(s.ingress_num_cpus, s.control_resources, {})
+    if packs_members:
+        m = s.members.actor_options(s.gpu_as)
+        out["num_gpus"] = m["num_gpus"]
+        res = dict(out.get("resources", {}))
+        for k, v in m.get("resources", {}).items():
+            res[k] = res.get(k, 0.0) + v
+        if res:
+            out["resources"] = res
+    return _with_env(out, s.env_vars)
+
+
 def application(s: ServeSettings, defenses: dict[str, list[str]]) -> Application:
     """Member hosts, routers and the ingress for ``defenses`` (defense -> member names)."""
     hosts_members = layout(s, {m for ms in defenses.values() for m in ms})
@@ -134,6 +150,6 @@ def application(s: ServeSettings, defenses: dict[str, list[str]]) -> Application
             ).bind(**routing([d]))
     shape = store.manifest(next(iter(host_of))).input_shape
     return Ingress.options(
-        ray_actor_options=_control(s.ingress_num_cpus, s.control_resources, s.env_vars),
+        ray_actor_options=ingress_options(s, bool(local)),
         max_ongoing_requests=s.max_ongoing_requests,
     ).bind(routers, inline, list(shape), s.max_images, s.max_bytes, s.admin_token)

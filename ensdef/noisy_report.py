@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
+from scipy.stats import binomtest
 
 from ensdef.data import Split
 from ensdef.defenses.noisy_vote import NoisyVoteEnsemble
@@ -13,15 +15,24 @@ from ensdef.defenses.registry import load_role
 from ensdef.evaluation import decide_all
 from ensdef.presets import Preset
 from ensdef.store import ArtifactStore
-from ensdef.train import accuracy
+from ensdef.train import predict
 from ensdef.types import Role
+
+
+def paired_comparison(a_correct: np.ndarray, b_correct: np.ndarray) -> dict[str, Any]:
+    """Exact McNemar test of two classifiers on the same images (boolean ``[N]`` each): the images only ``a``
+    gets right, those only ``b`` gets right, and the two-sided p that both are equally accurate."""
+    only_a, only_b = int((a_correct & ~b_correct).sum()), int((b_correct & ~a_correct).sum())
+    p = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+    return {"only_first_correct": only_a, "only_second_correct": only_b, "mcnemar_p": float(p)}
 
 
 def summary(store: ArtifactStore, preset: Preset, test: Split, seed: int = 0) -> dict[str, Any]:
     names, members = load_role(store, Role.TEMPNET, torch.device("cpu"))
     c = preset.noisy_vote
     y = test.y.numpy()
-    member_acc = {n: accuracy(m, test) for n, m in zip(names, members, strict=True)}
+    correct = {n: (predict(m, test.x).argmax(1) == test.y).numpy() for n, m in zip(names, members, strict=True)}
+    member_acc = {n: float(ok.mean()) for n, ok in correct.items()}
     clean = NoisyVoteEnsemble(members, sigma=0.0, alpha_rv=None)
     noisy = NoisyVoteEnsemble(members, sigma=c.sigma, alpha_rv=None)
     verified = NoisyVoteEnsemble(members, sigma=c.sigma, alpha_rv=c.alpha_rv)
@@ -29,6 +40,8 @@ def summary(store: ArtifactStore, preset: Preset, test: Split, seed: int = 0) ->
     def acc(ds: list) -> float:
         return float(sum(d.label == t for d, t in zip(ds, y, strict=True)) / len(y))
 
+    vote = np.array([d.label for d in decide_all(clean, test.x, seed)])
+    best = max(member_acc, key=member_acc.__getitem__)
     rv = decide_all(verified, test.x, seed)
     answered = [(d, t) for d, t in zip(rv, y, strict=True) if not d.abstained]
     return {
@@ -39,7 +52,9 @@ def summary(store: ArtifactStore, preset: Preset, test: Split, seed: int = 0) ->
         "n": len(y),
         "member_clean_accuracy": member_acc,
         "best_member_clean_accuracy": max(member_acc.values()),
-        "ensemble_clean_accuracy": acc(decide_all(clean, test.x, seed)),
+        "best_member": best,
+        "ensemble_clean_accuracy": float((vote == y).mean()),
+        "clean_vote_vs_best_member": paired_comparison(vote == y, correct[best]),
         "ensemble_noisy_accuracy": acc(decide_all(noisy, test.x, seed)),
         "rank_verified_accuracy_on_answered": float(sum(d.label == t for d, t in answered) / max(len(answered), 1)),
         "rank_verified_abstain_rate": 1 - len(answered) / len(y),

@@ -125,6 +125,10 @@ def test_noisy_report_certify_and_rls_compare(tiny_store, tmp_path: Path, capsys
     rep = _json(capsys, ["noisy-report", "--preset", tiny, "--store", store.root, "--json"])
     assert rep["members"] == 3 and rep["n"] == 1000
     assert rep["best_member_clean_accuracy"] == max(rep["member_clean_accuracy"].values())
+    assert rep["member_clean_accuracy"][rep["best_member"]] == rep["best_member_clean_accuracy"]
+    cmp = rep["clean_vote_vs_best_member"]
+    gap = rep["ensemble_clean_accuracy"] - rep["best_member_clean_accuracy"]
+    assert cmp["only_first_correct"] - cmp["only_second_correct"] == round(gap * rep["n"])
     assert 0 <= rep["rank_verified_abstain_rate"] <= 1
     cert = _json(
         capsys,

@@ -11,6 +11,7 @@ from torch import nn
 from ensdef.certify import certified_accuracy, certify, clopper_pearson_lower
 from ensdef.defenses.noisy_vote import NoisyVoteEnsemble, rank_verify, vote_counts
 from ensdef.models import build
+from ensdef.noisy_report import paired_comparison
 from ensdef.rng import make_generator, seeded
 from ensdef.types import ABSTAIN
 
@@ -103,3 +104,13 @@ def test_abstains_on_a_coin_flip_and_certified_accuracy_table() -> None:
     certs = [cert, certify(Linear2(torch.ones(16), 10.0), x, 0.5, 100, 1000, 0.001, 2, make_generator(1))]
     table = certified_accuracy(certs, np.array([1, 1]), [0.0, 0.5, 100.0])
     assert table == {0.0: 0.5, 0.5: 0.5, 100.0: 0.0}
+
+
+def test_paired_comparison_is_the_exact_mcnemar_test() -> None:
+    a = np.array([True, True, False, False, False, False, False, True])
+    b = np.array([True, False, True, True, True, True, True, True])
+    # discordant pairs: a alone right once, b alone right five times; exact two-sided p = 2 * P(X <= 1), X ~ B(6, 1/2)
+    cmp = paired_comparison(a, b)
+    assert (cmp["only_first_correct"], cmp["only_second_correct"]) == (1, 5)
+    assert cmp["mcnemar_p"] == pytest.approx(2 * (1 + 6) / 64)
+    assert paired_comparison(a, a)["mcnemar_p"] == 1.0

@@ -116,3 +116,25 @@ def test_the_library_never_imports_ray() -> None:
         "import ensdef.defenses.registry; assert 'ray' not in sys.modules, 'ray imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_an_ingress_that_packs_members_asks_for_their_gpu_share(tiny_store) -> None:
+    from deployments.app import application, ingress_options, served_defenses
+
+    store, _ = tiny_store
+    base = {"store": str(store.root), "preset": str(ROOT / "tests" / "fixtures" / "tiny.yaml")}
+    gpu = {"members": {"num_cpus": 0.5, "num_gpus": 0.25}, "control_resources": {"head": 0.01}}
+    packed = ServeSettings.from_dict({**base, **gpu, "packing": "ingress"})
+    assert ingress_options(packed, True) == {"num_cpus": 0.05, "num_gpus": 0.25, "resources": {"head": 0.01}}
+    assert ingress_options(packed, False) == {"num_cpus": 0.05, "resources": {"head": 0.01}}
+    slot = ServeSettings.from_dict({**base, **gpu, "packing": "ingress", "gpu_as": "gpu_slot"})
+    assert ingress_options(slot, True) == {
+        "num_cpus": 0.05,
+        "num_gpus": 0.0,
+        "resources": {"head": 0.01, "gpu_slot": 0.25},
+    }
+    # the application's ingress deployment carries them; with member hosts (packing: pool) it stays a control actor
+    app = application(packed, served_defenses(packed))
+    assert app._bound_deployment.ray_actor_options["num_gpus"] == 0.25
+    pool = ServeSettings.from_dict({**base, **gpu, "packing": "pool"})
+    assert "num_gpus" not in application(pool, served_defenses(pool))._bound_deployment.ray_actor_options
