@@ -177,7 +177,7 @@ def _noisy_report(a: argparse.Namespace) -> tuple[Any, int]:
 
     preset = load_preset(a.preset)
     data = load_dataset(preset.dataset, a.data_root or preset.data_root)
-    return summary(ArtifactStore(a.store), preset, data.test, a.seed), 0
+    return summary(ArtifactStore(a.store), preset, data, a.seed), 0
 
 
 @command("rls-compare")

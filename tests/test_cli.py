@@ -129,6 +129,10 @@ def test_noisy_report_certify_and_rls_compare(tiny_store, tmp_path: Path, capsys
     cmp = rep["clean_vote_vs_best_member"]
     gap = rep["ensemble_clean_accuracy"] - rep["best_member_clean_accuracy"]
     assert cmp["only_first_correct"] - cmp["only_second_correct"] == round(gap * rep["n"])
+    val_best = rep["validation_best_member"]
+    vcmp = rep["clean_vote_vs_validation_best_member"]
+    vgap = rep["ensemble_clean_accuracy"] - rep["member_clean_accuracy"][val_best]
+    assert vcmp["only_first_correct"] - vcmp["only_second_correct"] == round(vgap * rep["n"])
     assert 0 <= rep["rank_verified_abstain_rate"] <= 1
     cert = _json(
         capsys,
