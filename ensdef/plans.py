@@ -13,6 +13,7 @@ Missing results: voters that did not answer are left out and every Decision says
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -60,9 +61,23 @@ def noisy_input(job: Job) -> torch.Tensor:
     return x + job.sigma * randn_like(x, make_generator(job.seed, x.device)) if job.sigma > 0 else x
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter or buffer (CPU for a model with neither)."""
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
 @torch.no_grad()
 def run_job(model: nn.Module, job: Job) -> torch.Tensor:
-    """What a member returns for ``job`` (on ``job.x``'s device). Clean logits are never returned."""
+    """What a member returns for ``job``, on ``job.x``'s device. The member computes on its own device, where a
+    noisy job also draws its noise (as a served member replica does). Clean logits are never returned."""
+    dev = model_device(model)
+    if job.x.device != dev:
+        return _answer(model, Job(job.member, job.op, job.x.to(dev), job.seed, job.sigma, job.path)).to(job.x.device)
+    return _answer(model, job)
+
+
+def _answer(model: nn.Module, job: Job) -> torch.Tensor:
     x = job.x
     if job.op is Op.PROBS:
         return model(x).softmax(1)

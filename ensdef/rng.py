@@ -20,10 +20,20 @@ def generator_like(g: torch.Generator, x: torch.Tensor) -> torch.Generator:
 
     Keeps replays deterministic when a CPU generator drives CUDA tensors.
     """
-    if g.device == x.device or (g.device.type == x.device.type == "cpu"):
+    if _same_device(g.device, x.device):
         return g
-    seed = int(torch.randint(0, 2**62, (1,), generator=g).item())
+    seed = int(torch.randint(0, 2**62, (1,), generator=g, device=g.device).item())
     return make_generator(seed, x.device)
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """``cuda`` (a generator made for the current device) and ``cuda:0`` are one device when 0 is current."""
+    if a.type != b.type:
+        return False
+    if a.type != "cuda":
+        return True
+    current = torch.cuda.current_device()
+    return (current if a.index is None else a.index) == (current if b.index is None else b.index)
 
 
 def randn_like(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:

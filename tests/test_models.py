@@ -14,14 +14,22 @@ from ensdef.types import Role
 CASES = [(name, shape) for name, spec in MODELS.items() for shape in spec.input_shapes]
 
 
-@pytest.mark.parametrize(("name", "shape"), CASES, ids=[f"{n}-{s[0]}x{s[1]}" for n, s in CASES])
-def test_builds_runs_and_backprops(name: str, shape: tuple[int, int, int]) -> None:
+CASE_IDS = [f"{n}-{s[0]}x{s[1]}" for n, s in CASES]
+
+
+def built_with_input(name: str, shape: tuple[int, int, int]) -> tuple[torch.nn.Module, torch.Tensor]:
+    """Model ``name`` built for ``shape`` (seeded; data-initialised where it needs that) and a batch ``[3, *shape]``."""
     with seeded(0):
         model = build(name, shape, num_classes=10)
-    x = torch.rand(3, *shape, generator=make_generator(1))
     init = getattr(model, "init_from_data", None)
     if init is not None:
         init(torch.rand(900, *shape, generator=make_generator(2)), make_generator(3))
+    return model, torch.rand(3, *shape, generator=make_generator(1))
+
+
+@pytest.mark.parametrize(("name", "shape"), CASES, ids=CASE_IDS)
+def test_builds_runs_and_backprops(name: str, shape: tuple[int, int, int]) -> None:
+    model, x = built_with_input(name, shape)
     model.train()
     out = model(x)
     spec = MODELS[name]
