@@ -8,6 +8,7 @@ trial. Both write the same manifests through the same store.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -279,18 +280,36 @@ def manifest_extra(plan: MemberPlan) -> dict[str, Any]:
     return {**plan.extra, **({"data": to_plain(plan.data)} if plan.data else {})}
 
 
+def same_plan(m: Manifest, plan: MemberPlan) -> bool:
+    """Whether stored manifest ``m`` was trained from ``plan`` (architecture, training config, extra, data slice)."""
+    return (
+        m.architecture == plan.architecture
+        and m.train_config == to_plain(plan.train)
+        and json.loads(json.dumps(m.extra)) == json.loads(json.dumps(to_plain(manifest_extra(plan))))
+    )
+
+
+def stored_as_planned(store: ArtifactStore, plan: MemberPlan) -> bool:
+    """Whether ``store`` holds ``plan.name``, its files verify, and it was trained from ``plan``: an artifact of
+    the same name trained with another preset (other epochs, seed, noise, data slice) is not kept."""
+    return store.exists(plan.name) and store.verify(plan.name).ok and same_plan(store.manifest(plan.name), plan)
+
+
 def train_pools(
     preset: Preset, data: Dataset, store: ArtifactStore, pools: list[Pool], skip_existing: bool = False
 ) -> dict[str, Any]:
-    """Train every member of ``pools`` (keeping verified existing ones when ``skip_existing``), then run the
+    """Train every member of ``pools`` (keeping, when ``skip_existing``, those stored from the same plan that
+    verify), then run the
     pools' post steps. Returns what was stored, with metrics."""
     out, post = [], {}
     for pool in pools:
         for plan in plan_pool(preset, pool):
-            if skip_existing and store.exists(plan.name) and store.verify(plan.name).ok:
+            if skip_existing and stored_as_planned(store, plan):
                 m = store.manifest(plan.name)
-                log.info("%s exists, skipped", plan.name)
+                log.info("%s: already trained with this plan, skipped", plan.name)
             else:
+                if skip_existing and store.exists(plan.name):
+                    log.info("%s: stored with another plan or failing verification, trained again", plan.name)
                 m = train_member(plan, data, store)
             out.append(
                 {

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
 from conftest import FIXTURES
 
 from ensdef.cli import main
@@ -43,8 +44,15 @@ def test_train_command_and_skip_existing(tmp_path: Path, capsys) -> None:
     argv = ["train", "--preset", str(FIXTURES / "tiny.yaml"), "--pool", "target", "--store", str(tmp_path), "--json"]
     out = _json(capsys, argv)
     assert [a["name"] for a in out["artifacts"]] == ["target"] and 0 <= out["artifacts"][0]["metrics"]["test_accuracy"]
-    again = _json(capsys, [*argv, "--skip-existing"])  # keeps what exists and verifies
+    again = _json(capsys, [*argv, "--skip-existing"])  # keeps what exists, verifies and has the same plan
     assert again["artifacts"][0]["metrics"] == out["artifacts"][0]["metrics"]
+    cfg = yaml.safe_load((FIXTURES / "tiny.yaml").read_text())
+    cfg["target"]["train"]["epochs"] = 2  # the preset changed: the stored target is not its plan any more
+    (preset := tmp_path / "two-epochs.yaml").write_text(yaml.safe_dump(cfg))
+    argv[2] = str(preset)
+    changed = _json(capsys, [*argv, "--skip-existing"])
+    assert changed["artifacts"][0]["metrics"]["epochs"] == 2
+    assert json.loads((tmp_path / "target" / "manifest.json").read_text())["train_config"]["epochs"] == 2
 
 
 def test_tiny_store_has_every_pool(tiny_store) -> None:

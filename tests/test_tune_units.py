@@ -10,7 +10,7 @@ import pytest
 from ensdef.cli import POOL_NAMES
 from ensdef.data import Dataset
 from ensdef.defenses.crosslayer import CrossLayerMode
-from ensdef.pools import Pool, member_manifest, plan_pool
+from ensdef.pools import Pool, member_manifest, plan_pool, same_plan
 from ensdef.presets import DataShare, SweepConfig, TuneResources, load_preset
 from ensdef.team_sweep import TeamTrial, grid
 from ensdef.teams import TeamPolicy
@@ -19,7 +19,6 @@ from tests.conftest import FIXTURES
 pytest.importorskip("ray.tune")
 from tune.resources import threads_for, trial_resources  # noqa: E402
 from tune.sweeps import search_space, swept  # noqa: E402
-from tune.trainables import same_plan  # noqa: E402
 
 
 def test_trial_resources_are_fractional_and_gpus_can_be_a_custom_resource() -> None:

@@ -19,21 +19,12 @@ from ray import tune
 
 from ensdef.config import to_plain
 from ensdef.data import Dataset, load_dataset
-from ensdef.pools import MemberPlan, manifest_extra, train_member
+from ensdef.pools import MemberPlan, stored_as_planned, train_member
 from ensdef.presets import Preset
 from ensdef.store import ArtifactStore, Manifest
 from tune.resources import use_trial_cpus
 
 log = logging.getLogger(__name__)
-
-
-def same_plan(m: Manifest, plan: MemberPlan) -> bool:
-    """Whether stored manifest ``m`` was trained from ``plan`` (architecture, training config, extra, data slice)."""
-    return (
-        m.architecture == plan.architecture
-        and m.train_config == to_plain(plan.train)
-        and json.loads(json.dumps(m.extra)) == json.loads(json.dumps(to_plain(manifest_extra(plan))))
-    )
 
 
 def _report_final(m: Manifest, skipped: bool) -> None:
@@ -61,7 +52,7 @@ def train_member_trial(
     parsed again by every trial; None loads it here."""
     use_trial_cpus()
     plan, st = plans[config["member"]], ArtifactStore(store)
-    if st.exists(plan.name) and st.verify(plan.name).ok and same_plan(st.manifest(plan.name), plan):
+    if stored_as_planned(st, plan):
         log.info("%s: already trained with this plan, skipped", plan.name)
         _report_final(st.manifest(plan.name), skipped=True)
         return
