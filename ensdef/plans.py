@@ -13,7 +13,6 @@ Missing results: voters that did not answer are left out and every Decision says
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -21,6 +20,7 @@ from enum import Enum
 import torch
 from torch import nn
 
+from ensdef.models.layers import model_device
 from ensdef.rng import make_generator, randn_like
 from ensdef.types import Decision
 
@@ -59,12 +59,6 @@ def noisy_input(job: Job) -> torch.Tensor:
     """``x + sigma N(0, 1)`` with the noise drawn from the job's own seed on ``x``'s device (NOISY_LABELS)."""
     x = job.x
     return x + job.sigma * randn_like(x, make_generator(job.seed, x.device)) if job.sigma > 0 else x
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of ``model``'s first parameter or buffer (CPU for a model with neither)."""
-    first = next(itertools.chain(model.parameters(), model.buffers()), None)
-    return first.device if first is not None else torch.device("cpu")
 
 
 @torch.no_grad()

@@ -299,8 +299,7 @@ def train_pools(
     preset: Preset, data: Dataset, store: ArtifactStore, pools: list[Pool], skip_existing: bool = False
 ) -> dict[str, Any]:
     """Train every member of ``pools`` (keeping, when ``skip_existing``, those stored from the same plan that
-    verify), then run the
-    pools' post steps. Returns what was stored, with metrics."""
+    verify), then run the pools' post steps. Returns what was stored, with metrics."""
     out, post = [], {}
     for pool in pools:
         for plan in plan_pool(preset, pool):

@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ensdef.data import Split
+from ensdef.models.layers import model_device
 from ensdef.noise import NoiseSpec, corrupt
 from ensdef.presets import Optim, TrainConfig
 from ensdef.rng import make_generator, rand_like, randn_like, seeded
@@ -61,7 +62,7 @@ def augment(x: torch.Tensor, shift: int, rotate: float, g: torch.Generator) -> t
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """Apply ``model`` in eval mode on its own device in batches; returns outputs on ``x``'s device."""
-    dev = next(model.parameters()).device
+    dev = model_device(model)
     was = model.training
     model.eval()
     out = torch.cat([model(x[i : i + batch_size].to(dev)).to(x.device) for i in range(0, len(x), batch_size)])

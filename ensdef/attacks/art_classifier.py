@@ -6,6 +6,8 @@ import torch
 from art.estimators.classification import PyTorchClassifier
 from torch import nn
 
+from ensdef.models.layers import model_device
+
 
 class _Float32(nn.Module):
     """Casts ART's inputs to float32 (decision-based attacks such as HopSkipJump query in float64)."""
@@ -27,7 +29,7 @@ def art_classifier(
 ) -> PyTorchClassifier:
     """ART view of ``model`` (``[B, C, H, W]`` in [0, 1] -> logits ``[B, K]``), clip values (0, 1), on the
     model's own device. ``lr`` adds an Adam optimizer so ART can train it; ``loss`` replaces cross-entropy."""
-    dev = next(iter(model.parameters()), torch.zeros(())).device
+    dev = model_device(model)
     opt = torch.optim.Adam(model.parameters(), lr=lr) if lr is not None else None
     return PyTorchClassifier(
         model=_Float32(model).eval(),
