@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from ensdef.config import from_mapping, to_plain
+from ensdef.config import ConfigError, from_mapping, to_plain
 from ensdef.data import Dataset, Split
 from ensdef.models import Kind, build, get_spec
 from ensdef.noise import NoiseKind, NoiseSpec
@@ -284,9 +284,18 @@ def same_plan(m: Manifest, plan: MemberPlan) -> bool:
     """Whether stored manifest ``m`` was trained from ``plan`` (architecture, training config, extra, data slice)."""
     return (
         m.architecture == plan.architecture
-        and m.train_config == to_plain(plan.train)
+        and _stored_train(m) == plan.train
         and json.loads(json.dumps(m.extra)) == json.loads(json.dumps(to_plain(manifest_extra(plan))))
     )
+
+
+def _stored_train(m: Manifest) -> TrainConfig | None:
+    """The manifest's training config with the defaults of fields added since it was stored (a new field's
+    default keeps the old behaviour), or None when it does not parse."""
+    try:
+        return from_mapping(TrainConfig, m.train_config, f"{m.name}.train_config")
+    except ConfigError:
+        return None
 
 
 def stored_as_planned(store: ArtifactStore, plan: MemberPlan) -> bool:

@@ -23,6 +23,13 @@ class Optim(str, Enum):
     SGD = "sgd"
 
 
+class Checkpoint(str, Enum):
+    """Which weights training keeps."""
+
+    BEST = "best"  # the first epoch with the best validation score (early stopping)
+    LAST = "last"  # the weights after the last epoch run (a cosine schedule annealed to zero)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How one model is trained. ``temperature`` divides the logits in the loss (seed 003)."""
@@ -35,6 +42,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     cosine: bool = True  # cosine learning-rate decay over ``epochs``
     patience: int = 5  # early stopping: epochs without a better validation score
+    checkpoint: Checkpoint = Checkpoint.BEST
     shift: int = 0  # random translation augmentation, in pixels
     rotate: float = 0.0  # random rotation augmentation, in degrees
     temperature: float = 1.0

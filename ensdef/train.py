@@ -1,7 +1,8 @@
 """Training loops: classifiers (cross-entropy on logits / T) and denoising autoencoders.
 
-Both keep the weights with the best validation score (early stopping), use only explicit generators, and
-take the device from the config (``auto``: CUDA when present).
+Both keep the weights with the best validation score (early stopping) or, with ``checkpoint: last``, the
+weights after the last epoch; both use only explicit generators and take the device from the config
+(``auto``: CUDA when present).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 from ensdef.data import Split
 from ensdef.models.layers import model_device
 from ensdef.noise import NoiseSpec, corrupt
-from ensdef.presets import Optim, TrainConfig
+from ensdef.presets import Checkpoint, Optim, TrainConfig
 from ensdef.rng import make_generator, rand_like, randn_like, seeded
 
 log = logging.getLogger(__name__)
@@ -104,8 +105,9 @@ def fit(
     desc: str = "train",
     on_epoch: EpochHook | None = None,
 ) -> TrainResult:
-    """Generic loop: minimise ``batch_loss`` over ``train``; keep the state with the best ``val_score``;
-    ``on_epoch(epoch, score)`` after every epoch."""
+    """Generic loop: minimise ``batch_loss`` over ``train``; keep the state with the best ``val_score`` (the
+    first epoch to reach it), or with ``cfg.checkpoint`` LAST the state after the last epoch run;
+    ``on_epoch(epoch, score)`` after every epoch. The result's ``val_score`` is that of the kept state."""
     device = resolve_device(cfg.device)
     with seeded(cfg.seed, device):  # dropout masks; the caller's RNG state is restored afterwards
         return _loop(model, train, cfg, batch_loss, val_score, desc, device, on_epoch)
@@ -117,6 +119,7 @@ def _loop(model, train, cfg, batch_loss, val_score, desc, device, on_epoch):  # 
     opt = _optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.epochs, 1)) if cfg.cosine else None
     best, best_state, stale, epoch, t0 = -float("inf"), None, 0, 0, time.perf_counter()
+    score = best
     bar = tqdm(range(cfg.epochs), desc=desc, leave=False, disable=None)
     for epoch in bar:
         model.train()
@@ -139,11 +142,13 @@ def _loop(model, train, cfg, batch_loss, val_score, desc, device, on_epoch):  # 
             stale += 1
             if stale >= cfg.patience:
                 break
-    if best_state is not None:
+    if cfg.checkpoint is Checkpoint.LAST:
+        best = score
+    elif best_state is not None:
         model.load_state_dict(best_state)
     model.eval().cpu()
     secs = time.perf_counter() - t0
-    log.info("%s: %d epochs, best val %.4f, %.1fs", desc, epoch + 1, best, secs)
+    log.info("%s: %d epochs, kept val %.4f (%s), %.1fs", desc, epoch + 1, best, cfg.checkpoint.value, secs)
     return TrainResult(model, {"val_score": best}, epoch + 1, secs)
 
 

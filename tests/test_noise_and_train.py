@@ -7,9 +7,17 @@ from ensdef.config import ConfigError
 from ensdef.data import Dataset
 from ensdef.models import build
 from ensdef.noise import NoiseKind, NoiseSpec, corrupt
-from ensdef.presets import TrainConfig
+from ensdef.presets import Checkpoint, TrainConfig
 from ensdef.rng import make_generator, seeded
-from ensdef.train import accuracy, augment, noisy_rows, reconstruction_mse, train_autoencoder, train_classifier
+from ensdef.train import (
+    accuracy,
+    augment,
+    fit,
+    noisy_rows,
+    reconstruction_mse,
+    train_autoencoder,
+    train_classifier,
+)
 
 
 @pytest.mark.parametrize("kind", list(NoiseKind))
@@ -80,3 +88,27 @@ def test_training_leaves_the_global_rng_alone(mnist5k: Dataset) -> None:
         model = build("mlp", mnist5k.shape)
     train_classifier(model, mnist5k.train.subset(range(200)), mnist5k.val, TrainConfig(epochs=1))
     assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("checkpoint", list(Checkpoint))
+def test_checkpoint_keeps_the_first_best_or_the_last_epoch(checkpoint: Checkpoint, mnist5k: Dataset) -> None:
+    """A scripted validation score (best at epochs 2 and 3, of 4): ``best`` keeps epoch 2's weights (the first
+    to reach the best), ``last`` epoch 4's; the reported score is the kept state's."""
+    scores, states = iter([0.5, 0.9, 0.9, 0.7]), []
+
+    def val_score(m: torch.nn.Module) -> float:
+        states.append({k: v.clone() for k, v in m.state_dict().items()})
+        return next(scores)
+
+    with seeded(0):
+        model = build("mlp", mnist5k.shape)
+    cfg = TrainConfig(epochs=4, batch_size=64, patience=4, checkpoint=checkpoint)
+
+    def loss(m: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(m(x), y)
+
+    res = fit(model, mnist5k.train.subset(range(256)), cfg, loss, val_score)
+    kept, score = (states[1], 0.9) if checkpoint is Checkpoint.BEST else (states[3], 0.7)
+    assert res.metrics["val_score"] == score and res.epochs_run == 4
+    assert all(torch.equal(v, kept[k]) for k, v in res.model.state_dict().items())
+    assert not all(torch.equal(v, states[3 if checkpoint is Checkpoint.BEST else 1][k]) for k, v in kept.items())

@@ -10,8 +10,8 @@ import pytest
 from ensdef.cli import POOL_NAMES
 from ensdef.data import Dataset
 from ensdef.defenses.crosslayer import CrossLayerMode
-from ensdef.pools import Pool, member_manifest, plan_pool, same_plan
-from ensdef.presets import DataShare, SweepConfig, TuneResources, load_preset
+from ensdef.pools import Pool, manifest_extra, member_manifest, plan_pool, same_plan
+from ensdef.presets import Checkpoint, DataShare, SweepConfig, TuneResources, load_preset
 from ensdef.team_sweep import TeamTrial, grid
 from ensdef.teams import TeamPolicy
 from tests.conftest import FIXTURES
@@ -52,6 +52,24 @@ def test_swept_plan_records_its_values_and_matches_only_itself() -> None:
                  to_plain(plan.train), {}, to_plain(plan.extra))  # fmt: skip
     assert same_plan(m, plan) and not same_plan(m, s)
     assert not same_plan(m, dataclasses.replace(plan, train=dataclasses.replace(plan.train, epochs=99)))
+
+
+def test_a_manifest_from_before_a_new_training_field_takes_its_default() -> None:
+    """A member stored before ``checkpoint`` existed was trained as ``best``: it matches a plan with the default,
+    not one asking for ``last``; a config that no longer parses matches nothing."""
+    plan = plan_pool(load_preset(FIXTURES / "tiny.yaml"), Pool.TEMPNETS)[0]
+    from ensdef.config import to_plain
+    from ensdef.store import Manifest
+
+    def stored(train: dict) -> Manifest:
+        return Manifest(plan.name, plan.role, plan.architecture, "mnist5k", (1, 28, 28), 10, "", "state_dict",
+                        train, {}, to_plain(manifest_extra(plan)))  # fmt: skip
+
+    before = {k: v for k, v in to_plain(plan.train).items() if k != "checkpoint"}
+    assert plan.train.checkpoint is Checkpoint.BEST and same_plan(stored(before), plan)
+    last = dataclasses.replace(plan, train=dataclasses.replace(plan.train, checkpoint=Checkpoint.LAST))
+    assert not same_plan(stored(before), last) and same_plan(stored(to_plain(last.train)), last)
+    assert not same_plan(stored({**before, "retired_field": 1}), plan)
 
 
 @pytest.mark.parametrize("share", [DataShare.PARTITION, DataShare.HOLDOUT])
