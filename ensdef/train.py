@@ -137,7 +137,8 @@ def _loop(model, train, cfg, batch_loss, val_score, desc, device, on_epoch):  # 
         if on_epoch is not None:
             on_epoch(epoch, score)
         if score > best:
-            best, best_state, stale = score, copy.deepcopy(model.state_dict()), 0
+            keep = cfg.checkpoint is Checkpoint.BEST  # LAST needs no copy of every improving epoch
+            best, best_state, stale = score, copy.deepcopy(model.state_dict()) if keep else None, 0
         else:
             stale += 1
             if stale >= cfg.patience:
