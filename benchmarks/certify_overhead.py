@@ -13,8 +13,8 @@ import time
 
 import torch
 
-from ensdef.certify import certify
 from ensdef.defenses.noisy_vote import NoisyVoteEnsemble
+from ensdef.evaluation.certify import certify
 from ensdef.models import build
 from ensdef.rng import make_generator, randn_like, seeded
 

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from ensdef.diversity import rank_teams
+from ensdef.diversity.kappa import rank_teams
 
 
 def main() -> None:

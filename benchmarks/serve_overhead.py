@@ -43,10 +43,10 @@ import yaml
 
 from deployments.launch import IngressMode, deploy, direct_ingress_env, start_local
 from deployments.settings import Packing, ServeSettings
-from ensdef.client import EnsdefClient, npy_body
 from ensdef.data import load_dataset
 from ensdef.defenses.base import Defense
 from ensdef.defenses.registry import DEFENSES, build_defense
+from ensdef.io.client import EnsdefClient, npy_body
 from ensdef.presets import load_preset
 from ensdef.rng import make_generator
 from ensdef.store import ArtifactStore

@@ -27,8 +27,8 @@ from typing import Any
 import torch
 
 from ensdef.data import load_dataset
-from ensdef.pools import Pool, plan_pool, train_pools
 from ensdef.presets import load_preset
+from ensdef.training.pools import Pool, plan_pool, train_pools
 
 
 def member_seconds(store: Any) -> dict[str, float]:

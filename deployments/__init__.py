@@ -1,1 +1,1 @@
-"""Ray Serve layer: member deployments, defense routers, HTTP and gRPC ingress (see DESIGN.md)."""
+"""Ray Serve layer: member deployments, defense routers, HTTP and gRPC ingress (see docs/architecture.md)."""

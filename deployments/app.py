@@ -19,7 +19,8 @@ from deployments.ingress import Ingress
 from deployments.member import MemberHost
 from deployments.router import Router
 from deployments.settings import INGRESS_HOST, Packing, ServeSettings
-from ensdef.defenses.registry import DEFENSES, build_defense
+from ensdef.defenses.registry import DEFENSES, describe_defense
+from ensdef.errors import NotTrained
 from ensdef.presets import load_preset
 from ensdef.store import ArtifactStore
 
@@ -28,13 +29,14 @@ log = logging.getLogger(__name__)
 
 def survey(s: ServeSettings) -> tuple[dict[str, list[str]], dict[str, str]]:
     """``(servable, missing)``: defense -> the member names its plan calls, for every defense named in the
-    settings (all registered ones when none are) that the store can build; defense -> why not, for the rest."""
+    settings (all registered ones when none are) that the store can build; defense -> why not, for the rest.
+    Reads manifests and JSON artifacts only (weight-free descriptions), never a weight file."""
     store, preset = ArtifactStore(s.store), load_preset(s.preset)
     servable, missing = {}, {}
     for name in s.defenses or tuple(DEFENSES):
         try:
-            servable[name] = sorted(build_defense(name, store, preset).named_members())
-        except FileNotFoundError as e:
+            servable[name] = sorted(describe_defense(name, store, preset).members)
+        except NotTrained as e:
             missing[name] = str(e)
     return servable, missing
 
@@ -44,11 +46,11 @@ def served_defenses(s: ServeSettings) -> dict[str, list[str]]:
     registered defense whose artifacts are in the store (the others are logged)."""
     servable, missing = survey(s)
     if s.defenses and missing:
-        raise FileNotFoundError("; ".join(f"{k}: {v}" for k, v in missing.items()))
+        raise NotTrained("; ".join(f"{k}: {v}" for k, v in missing.items()))
     for name, why in missing.items():
         log.warning("not serving %s: %s", name, why)
     if not servable:
-        raise FileNotFoundError(f"no defense can be built from store {s.store}; train it with `ensdef train`")
+        raise NotTrained(f"no defense can be built from store {s.store}; train it with `ensdef train`")
     return servable
 
 

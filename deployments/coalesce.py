@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 
 import torch
 
-from ensdef.plans import Job
+from ensdef.defenses.plans import Job
 
 Send = Callable[[list[list[Job]]], Awaitable[list[list[torch.Tensor]]]]
 

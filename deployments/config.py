@@ -12,6 +12,7 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from deployments.settings import ServeSettings
+from ensdef.errors import ConfigError
 
 IMPORT_PATH = "deployments.app:build_app"
 
@@ -32,7 +33,7 @@ def load_serve_config(source: str | Path | dict[str, Any]) -> ServeConfig:
     schema = ServeDeploySchema.model_validate(cfg)
     apps = [a for a in schema.applications if a.import_path == IMPORT_PATH]
     if len(apps) != 1:
-        raise ValueError(f"expected one application with import_path {IMPORT_PATH}, found {len(apps)}")
+        raise ConfigError(f"expected one application with import_path {IMPORT_PATH}, found {len(apps)}")
     settings = ServeSettings.from_dict(apps[0].args)
     http = {k: v for k, v in (cfg.get("http_options") or {}).items() if k in ("host", "port")}
     grpc_port = int((cfg.get("grpc_options") or {}).get("port", 9000))

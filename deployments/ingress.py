@@ -23,8 +23,9 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter
 
 from deployments.router import Routing, Verdict
-from ensdef.proto import ensdef_pb2
-from ensdef.validation import InvalidInput, Limits, TooLarge, check_bytes, from_image_file, from_raw, parse_json
+from ensdef.errors import InvalidInput, TooLarge
+from ensdef.io.proto import ensdef_pb2
+from ensdef.io.validation import Limits, check_bytes, from_image_file, from_raw, parse_json
 
 log = logging.getLogger(__name__)
 app = FastAPI(

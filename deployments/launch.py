@@ -17,12 +17,12 @@ from ray.serve.config import gRPCOptions
 
 from deployments.app import absolute, application, served_defenses, survey  # noqa: F401  (survey: for ensdef serve)
 from deployments.settings import ServeSettings
-from ensdef.defenses.registry import TEAMS_ARTIFACT
+from ensdef.errors import ConfigError
 from ensdef.presets import load_preset
-from ensdef.store import ArtifactStore
+from ensdef.store import TEAMS_ARTIFACT, ArtifactStore
 
 log = logging.getLogger(__name__)
-SERVICER = "ensdef.proto.ensdef_pb2_grpc.add_EnsdefServicer_to_server"
+SERVICER = "ensdef.io.proto.ensdef_pb2_grpc.add_EnsdefServicer_to_server"
 # Serve's 5 s proxy readiness check fails on a busy 2-core machine; a local Ray inherits these.
 SMALL_MACHINE_ENV = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "60"}
 DIRECT_INGRESS_FLAG = "RAY_SERVE_ENABLE_DIRECT_INGRESS"
@@ -46,7 +46,7 @@ def direct_ingress_env(http_port: int, grpc_port: int) -> dict[str, str]:
     ``grpc_port`` (and up, one port per further replica on a node; Serve's fallback proxy :data:`PORT_SPAN`
     above, see :func:`deploy`)."""
     if abs(http_port - grpc_port) < 2 * PORT_SPAN:
-        raise ValueError(f"direct ingress: HTTP and gRPC ports must be at least {2 * PORT_SPAN} apart")
+        raise ConfigError(f"direct ingress: HTTP and gRPC ports must be at least {2 * PORT_SPAN} apart")
     return {
         DIRECT_INGRESS_FLAG: "1",
         "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http_port),
@@ -102,8 +102,8 @@ class Endpoints:
 def train_missing(s: ServeSettings, data_root: str | None = None) -> None:
     """Train every pool of the preset that is not in the store yet, then the team selection."""
     from ensdef.data import load_dataset
-    from ensdef.pools import Pool, train_pools
-    from ensdef.selection import run_selection
+    from ensdef.training.pools import Pool, train_pools
+    from ensdef.training.selection import run_selection
 
     preset, store = load_preset(s.preset), ArtifactStore(s.store)
     data = load_dataset(preset.dataset, data_root or preset.data_root)
@@ -146,22 +146,24 @@ def deploy(
     grpc_port: int = 9000,
     proxy_location: str = "EveryNode",
     ingress: IngressMode = IngressMode.PROXY,
+    defenses: dict[str, list[str]] | None = None,
 ) -> Endpoints:
     """Start Serve and deploy the application (replacing one of the same name). Clients connect to Serve's
     proxies on ``http_port`` and ``grpc_port``, or with ``ingress`` direct to the ingress replicas there (Serve
     keeps a proxy as the fallback for an application without running replicas: it gets the ports
-    :data:`PORT_SPAN` above). Raises when direct ingress is asked of a cluster that was not started with it."""
+    :data:`PORT_SPAN` above). ``defenses`` (defense -> member names, from :func:`survey`) skips a second
+    survey of the store. Raises when direct ingress is asked of a cluster that was not started with it."""
     shift = PORT_SPAN if ingress is IngressMode.DIRECT else 0
     deploy_proxies(host, http_port + shift, grpc_port + shift, proxy_location)
     t0 = time.perf_counter()
     s = absolute(s)
-    defenses = served_defenses(s)  # built once: the app and the printed endpoints use the same answer
+    defenses = defenses or served_defenses(s)  # surveyed once: the app and the printed endpoints agree
     serve.run(application(s, defenses), name=s.application, route_prefix="/", blocking=False)
     log.info("deployed %s in %.1fs", s.application, time.perf_counter() - t0)
     address = ray.get_runtime_context().gcs_address
     direct = ingress_targets(s.application, 60.0 if ingress is IngressMode.DIRECT else 0.0)
     if direct is None and ingress is IngressMode.DIRECT:
-        raise RuntimeError(
+        raise ConfigError(
             f"direct ingress asked, but the Ray cluster serves through proxies: start it with "
             f"{DIRECT_INGRESS_FLAG}=1 (deployments.launch.direct_ingress_env), or use ingress proxy"
         )

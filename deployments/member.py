@@ -18,7 +18,7 @@ import torch
 from ray import serve
 from ray.serve.metrics import Histogram
 
-from ensdef.plans import Job, Op, noisy_input, run_job
+from ensdef.defenses.plans import Job, Op, noisy_input, run_job
 from ensdef.store import ArtifactStore
 
 log = logging.getLogger(__name__)

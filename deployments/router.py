@@ -1,4 +1,4 @@
-"""Defense routing: runs a defense's decision plan (``ensdef.plans``) with its jobs fanned out to the member
+"""Defense routing: runs a defense's decision plan (``ensdef.defenses.plans``) with its jobs fanned out to the member
 deployments. :class:`Routing` is plain Python: the :class:`Router` deployment (one per defense, unpacked) wraps
 it, and packed (small machines) the ingress replica routes for every defense itself, one actor hop less per
 request. It holds no defense math: the plan, the aggregation functions and the random draws are the
@@ -7,7 +7,7 @@ library's, so a served answer equals ``defense.decide(x, make_generator(seed))``
 Each stage sends one call per member host (``asyncio`` tasks; concurrent requests' calls to a host are
 coalesced, :mod:`deployments.coalesce`) and waits until the request's deadline; a
 host that fails or misses it contributes ``None`` for its jobs, which the plan turns into a degraded vote or,
-below quorum, into :class:`~ensdef.plans.QuorumLost` (answered as unavailable).
+below quorum, into :class:`~ensdef.defenses.plans.QuorumLost` (answered as unavailable).
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ from ray.serve.metrics import Counter, Histogram
 from deployments.coalesce import HostCalls, Send
 from deployments.member import Members, batch_size_histogram, replica_device
 from deployments.settings import INGRESS_HOST
-from ensdef.defenses.registry import build_defense
-from ensdef.plans import Job, QuorumLost, Results
+from ensdef.defenses.plans import Job, Results
+from ensdef.defenses.registry import describe_defense
+from ensdef.errors import QuorumLost
 from ensdef.presets import load_preset
 from ensdef.rng import make_generator
 from ensdef.store import ArtifactStore
@@ -66,7 +67,8 @@ class Routing:
         """``local`` (``packing: ingress``): ``{"members": [...], "max_pass_images": N, "threads": N}``, members
         this replica computes itself, in one worker thread (host :data:`INGRESS_HOST`)."""
         st, pr = ArtifactStore(store), load_preset(preset)
-        self.defenses = {d: build_defense(d, st, pr, "cpu") for d in defenses}
+        # weight-free: the router plans; members compute in their hosts (weights loaded there, once)
+        self.defenses = {d: describe_defense(d, st, pr).defense for d in defenses}
         self.hosts = {
             h: HostCalls(handle.run.remote, host_calls, host_call_images, deadline_s) for h, handle in hosts.items()
         }

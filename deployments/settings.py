@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from typing import Any
 
+from ensdef.errors import ConfigError
+
 
 class Packing(str, Enum):
     NONE = "none"  # one deployment per member: the cluster layout (one actor per model)
@@ -81,7 +83,7 @@ class ServeSettings:
         d = dict(d or {})
         known = {f.name for f in fields(cls)}
         if unknown := sorted(set(d) - known):
-            raise ValueError(f"unknown serve settings {unknown}; known: {sorted(known)}")
+            raise ConfigError(f"unknown serve settings {unknown}; known: {sorted(known)}")
         if "packing" in d:
             d["packing"] = Packing(d["packing"])
         if "members" in d:
@@ -92,9 +94,9 @@ class ServeSettings:
             if key in d:
                 d[key] = tuple(d[key])
         if not 0 <= float(d.get("quorum", 0.5)) < 1:
-            raise ValueError("quorum must lie in [0, 1)")
+            raise ConfigError("quorum must lie in [0, 1)")
         if int(d.get("host_calls", 1)) < 1 or int(d.get("host_call_images", 1)) < 1:
-            raise ValueError("host_calls and host_call_images must be at least 1")
+            raise ConfigError("host_calls and host_call_images must be at least 1")
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,5 +121,5 @@ def _options(d: dict[str, Any] | MemberOptions) -> MemberOptions:
         return d
     known = {f.name for f in fields(MemberOptions)}
     if unknown := sorted(set(d) - known):
-        raise ValueError(f"unknown member options {unknown}; known: {sorted(known)}")
+        raise ConfigError(f"unknown member options {unknown}; known: {sorted(known)}")
     return MemberOptions(**d)

@@ -13,11 +13,10 @@ from collections.abc import Mapping
 from enum import Enum
 from typing import Any, TypeVar
 
+from ensdef.errors import ConfigError
+
+__all__ = ["ConfigError", "from_mapping", "to_plain"]
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A configuration file or mapping does not match its schema."""
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:

@@ -14,12 +14,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ensdef.errors import EnsdefError
+from ensdef.registry import Registry
+
 log = logging.getLogger(__name__)
 
 SPLIT_SEED = 20190101  # part of each dataset's definition: changing it changes the splits
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(EnsdefError, FileNotFoundError):
     """A dataset's files are not in the folder it was asked to load from."""
 
 
@@ -139,18 +142,13 @@ def load_svhn(data_root: Path | None, download: bool = False) -> Dataset:
     return Dataset("svhn", train, val, _to_split(te.data / 255.0, te.labels), 10)
 
 
-DATASETS: dict[str, Callable[[Path | None, bool], Dataset]] = {
-    "mnist5k": load_mnist5k,
-    "mnist": load_mnist,
-    "cifar10": load_cifar10,
-    "svhn": load_svhn,
-}
+DATASETS: Registry[Callable[[Path | None, bool], Dataset]] = Registry("dataset")
+for _name, _load in (("mnist5k", load_mnist5k), ("mnist", load_mnist), ("cifar10", load_cifar10), ("svhn", load_svhn)):
+    DATASETS.add(_name, _load)
 
 
 def load_dataset(name: str, data_root: str | Path | None = None, download: bool = False) -> Dataset:
     """Load a registered dataset. Raises :class:`DatasetNotFoundError` when its files are missing."""
-    if name not in DATASETS:
-        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     ds = DATASETS[name](Path(data_root) if data_root is not None else None, download)
     log.info("loaded %s: %s", name, ds.info()["splits"])
     return ds

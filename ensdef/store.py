@@ -26,6 +26,7 @@ from torch import nn
 
 import ensdef
 from ensdef.config import from_mapping, to_plain
+from ensdef.errors import IntegrityError, InvalidModel, NotTrained
 from ensdef.models import build
 from ensdef.types import Role
 
@@ -33,10 +34,10 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
-
-
-class IntegrityError(RuntimeError):
-    """A stored file's hash does not match its manifest."""
+# names of the stored JSON artifacts that are not models
+TEAMS_ARTIFACT = "teams-verifiers"  # MODEF's team selection (``ensdef select`` / ``ensdef tune-teams``)
+TUNED = "tuned"  # a team-selection sweep's record inside TEAMS_ARTIFACT
+DET_LIST_ARTIFACT = "det-reformer-list"  # DeT's preliminary reformer and reformer list
 
 
 class WeightFormat(str, Enum):
@@ -142,7 +143,7 @@ class ArtifactStore:
 
     def manifest(self, name: str) -> Manifest:
         if not self.exists(name):
-            raise FileNotFoundError(f"artifact {name!r} not found in store {self.root}")
+            raise NotTrained(f"artifact {name!r} not found in store {self.root}")
         return from_mapping(Manifest, json.loads(self._read(self._path(name, MANIFEST))), f"{name}/{MANIFEST}")
 
     def by_role(self, role: Role) -> list[Manifest]:
@@ -176,7 +177,7 @@ class ArtifactStore:
         with torch.no_grad():
             out = model(torch.rand(2, *manifest.input_shape))
         if tuple(out.shape) != (2, manifest.num_classes):
-            raise ValueError(f"{path}: output shape {tuple(out.shape)} is not [B, {manifest.num_classes}]")
+            raise InvalidModel(f"{path}: output shape {tuple(out.shape)} is not [B, {manifest.num_classes}]")
         return self._save_weights(data, Manifest(**{**to_kwargs(manifest), "format": WeightFormat.TORCHSCRIPT}))
 
     def _verified_bytes(self, m: Manifest) -> bytes:
@@ -225,7 +226,7 @@ class ArtifactStore:
     def load_json(self, name: str) -> dict[str, Any]:
         path = self._path(name, "data.json")
         if not self.fs.exists(path):
-            raise FileNotFoundError(f"JSON artifact {name!r} not found in store {self.root}")
+            raise NotTrained(f"JSON artifact {name!r} not found in store {self.root}")
         data = self._read(path)
         want = self._read(self._path(name, "data.sha256")).decode().strip()
         if sha256_bytes(data) != want:

@@ -1,11 +1,14 @@
-"""Shared vocabulary: member roles and the per-input Decision every defense returns."""
+"""Shared vocabulary: member roles, the per-input Decision every defense returns and its Outcome against the
+true label, and every enum a preset or a command line names (strings at the boundary, enums inside)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
+
+import numpy as np
 
 ABSTAIN: int = -1
 """Label returned when a defense declines to answer (rank verification, certification)."""
@@ -57,3 +60,75 @@ class Decision:
         if diagnostics:
             out["diagnostics"] = dict(self.diagnostics)
         return out
+
+
+class Outcome(str, Enum):
+    CORRECT_UNFLAGGED = "correct_unflagged"  # prevented (PSR)
+    CORRECT_FLAGGED = "correct_flagged"  # false positive (FP)
+    WRONG_FLAGGED = "wrong_flagged"  # detected (TSR)
+    WRONG_UNFLAGGED = "wrong_unflagged"  # the attack got through
+
+
+def outcomes(decisions: Sequence[Decision], y: Sequence[int] | np.ndarray) -> list[Outcome]:
+    y = np.asarray(y)
+    if len(decisions) != len(y):
+        raise ValueError(f"{len(decisions)} decisions for {len(y)} labels")
+    out = []
+    for d, t in zip(decisions, y, strict=True):
+        correct = d.label != ABSTAIN and d.label == int(t)
+        flagged = d.flagged or d.label == ABSTAIN
+        out.append(
+            (Outcome.CORRECT_FLAGGED if flagged else Outcome.CORRECT_UNFLAGGED)
+            if correct
+            else (Outcome.WRONG_FLAGGED if flagged else Outcome.WRONG_UNFLAGGED)
+        )
+    return out
+
+
+# --- configuration enums (presets, command line) ---
+
+
+class Optim(str, Enum):
+    ADAM = "adam"
+    SGD = "sgd"
+
+
+class Checkpoint(str, Enum):
+    """Which weights training keeps."""
+
+    BEST = "best"  # the first epoch with the best validation score (early stopping)
+    LAST = "last"  # the weights after the last epoch run (a cosine schedule annealed to zero)
+
+
+class DataShare(str, Enum):
+    """What member l of m trains on, the training split cut into m interleaved slices."""
+
+    ALL = "all"  # the whole split
+    PARTITION = "partition"  # slice l only: disjoint training sets (the paper's MNIST setting)
+    HOLDOUT = "holdout"  # every slice but l: each member leaves out its own tenth (for m = 10)
+
+
+class GroupLossKind(str, Enum):
+    CE_MEAN = "ce_mean"
+    MSE = "mse"
+
+
+class TeamPolicy(str, Enum):
+    RAND = "rand"  # any team of an allowed size
+    RAND_KAPPA = "rand_kappa"  # a random team from the kappa-ranked list
+    BEST_KAPPA = "best_kappa"  # the most accurate team of the kappa-ranked list (fixed)
+
+
+class VoteRule(str, Enum):
+    SOFT = "soft"  # argmax of the mean probability (MODEF Eq. 4)
+    MAJORITY = "majority"  # plurality of member labels, ties broken by the generator
+
+
+class OnDisagree(str, Enum):
+    REPAIR = "repair"  # answer the team's label, unflagged
+    FLAG = "flag"  # answer the team's label, flagged
+
+
+class CrossLayerMode(str, Enum):
+    ONE_TO_MANY = "one_to_many"
+    MANY_TO_MANY = "many_to_many"

@@ -1,7 +1,9 @@
-"""Shared fixtures: the embedded dataset (loaded once) and a small trained store for integration tests."""
+"""Shared fixtures: the embedded dataset (loaded once), a store of random-weight members for unit tests (every
+pool of ``fixtures/tiny.yaml`` built untrained, in seconds), and a small trained store for integration tests."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -20,13 +22,52 @@ def mnist5k() -> Dataset:
     return load_mnist5k()
 
 
+def build_random_store(root: Path, data: Dataset):
+    """Every member the tiny preset plans, built with its seed and stored untrained, plus a team selection
+    (from random probabilities) and a DeT reformer list: what the defenses need, without training."""
+    import numpy as np
+
+    from ensdef.diversity.teams import select_teams
+    from ensdef.models import build
+    from ensdef.presets import load_preset
+    from ensdef.rng import seeded
+    from ensdef.store import DET_LIST_ARTIFACT, TEAMS_ARTIFACT, ArtifactStore
+    from ensdef.training.pools import Pool, member_manifest, plan_pool
+    from ensdef.types import Role
+
+    preset = load_preset(FIXTURES / "tiny.yaml")
+    store = ArtifactStore(root)
+    for pool in Pool:
+        for plan in plan_pool(preset, pool):
+            with seeded(plan.train.seed):
+                model = build(plan.architecture, data.shape, data.num_classes, **plan.extra.get("build_kwargs", {}))
+            store.save_model(model.eval(), member_manifest(plan, data, {"random_weights": True}))
+    verifiers = [m.name for m in store.by_role(Role.VERIFIER)]
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(data.num_classes), size=(len(verifiers), 60))
+    c = preset.modef
+    sel = select_teams(verifiers, probs, rng.integers(0, data.num_classes, 60), c.min_team, c.max_team, 1.01, c.policy)
+    store.save_json(TEAMS_ARTIFACT, sel.to_json())
+    reformers = [m.name for m in store.by_role(Role.REFORMER)]
+    store.save_json(
+        DET_LIST_ARTIFACT, {"preliminary": preset.det.preliminary, "list": reformers[: preset.det.list_size]}
+    )
+    return store, preset
+
+
+@pytest.fixture(scope="session")
+def random_store(tmp_path_factory: pytest.TempPathFactory, mnist5k: Dataset):
+    """The tiny preset's every member with random weights (no training), for unit tests of plans and wiring."""
+    return build_random_store(tmp_path_factory.mktemp("random-store"), mnist5k)
+
+
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory: pytest.TempPathFactory, mnist5k: Dataset):
     """A store with every pool of ``fixtures/tiny.yaml`` trained for one epoch and a team selection."""
-    from ensdef.pools import Pool, train_pools
     from ensdef.presets import load_preset
-    from ensdef.selection import run_selection
     from ensdef.store import ArtifactStore
+    from ensdef.training.pools import Pool, train_pools
+    from ensdef.training.selection import run_selection
 
     preset = load_preset(FIXTURES / "tiny.yaml")
     store = ArtifactStore(tmp_path_factory.mktemp("tiny-store"))
@@ -57,3 +98,43 @@ def ray_serve():
     yield ports
     serve.shutdown()
     ray.shutdown()
+
+
+def tiny_settings(store_root: str, **overrides: object):
+    """Serve settings for the tiny store on a small machine (fractional CPUs, a long deadline)."""
+    from deployments.settings import ServeSettings
+
+    base = {
+        "preset": str(FIXTURES / "tiny.yaml"),
+        "store": str(store_root),
+        "members": {"num_cpus": 0.05},
+        "router_num_cpus": 0.02,
+        "ingress_num_cpus": 0.02,
+        "deadline_s": 30.0,
+    }
+    return ServeSettings.from_dict({**base, **overrides})
+
+
+@contextlib.contextmanager
+def deployed(ports: dict[str, int], settings, timeout_s: float = 30.0):
+    """Deploy ``settings`` behind the session's proxies; yields (endpoints, gRPC client); deletes the app after."""
+    from ray import serve
+
+    from deployments.launch import deploy
+    from ensdef.io.client import EnsdefClient
+
+    ep = deploy(settings, "127.0.0.1", ports["http"], ports["grpc"])
+    client = EnsdefClient(ep.grpc, application=settings.application, timeout_s=timeout_s)
+    try:
+        yield ep, client
+    finally:
+        client.close()
+        serve.delete(settings.application)
+
+
+@contextlib.contextmanager
+def serving_tiny(ports: dict[str, int], store_root: str, timeout_s: float = 30.0, **overrides: object):
+    """The tiny store deployed with :func:`tiny_settings` plus ``overrides``; yields (endpoints, client, settings)."""
+    s = tiny_settings(store_root, **overrides)
+    with deployed(ports, s, timeout_s) as (ep, client):
+        yield ep, client, s

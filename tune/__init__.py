@@ -1,1 +1,1 @@
-"""Ray Tune layer: trainables for each pool and team-selection sweeps (see DESIGN.md)."""
+"""Ray Tune layer: trainables for each pool and team-selection sweeps (see docs/architecture.md)."""

@@ -17,11 +17,12 @@ from ray import tune
 
 from ensdef.attacks.cache import cache_key
 from ensdef.config import to_plain
-from ensdef.cost import longest_first
 from ensdef.data import load_dataset
-from ensdef.pools import POST_STEPS, MemberPlan, Pool, plan_pool
+from ensdef.errors import ConfigError, EnsdefError
 from ensdef.presets import Preset
 from ensdef.store import ArtifactStore
+from ensdef.training.cost import longest_first
+from ensdef.training.pools import POST_STEPS, MemberPlan, Pool, plan_pool
 from tune.resources import trial_resources
 from tune.trainables import train_member_trial
 
@@ -42,7 +43,7 @@ def storage_path(store: ArtifactStore, run: TuneRun) -> str:
     if run.storage:
         return run.storage
     if "://" in store.root:
-        raise ValueError(f"store {store.root} is remote: give a Tune storage path every node can reach")
+        raise ConfigError(f"store {store.root} is remote: give a Tune storage path every node can reach")
     return str((Path(store.root) / "_tune").resolve())
 
 
@@ -98,7 +99,7 @@ def tune_pools(preset: Preset, store: ArtifactStore, pools: list[Pool], run: Tun
         m = r.metrics
         out.append({"name": m["member"], "pool": pool_of[m["member"]].value, "skipped": m["skipped"], "path": r.path})
     if errors:
-        raise RuntimeError(f"{len(errors)} Tune trials failed: " + "; ".join(errors))
+        raise EnsdefError(f"{len(errors)} Tune trials failed: " + "; ".join(errors))
     post = {}
     for pool in pools:
         if pool in POST_STEPS:

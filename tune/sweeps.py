@@ -20,9 +20,10 @@ from ray.tune.schedulers import ASHAScheduler
 from ensdef.attacks.cache import cache_key
 from ensdef.config import to_plain
 from ensdef.data import Dataset, load_dataset
-from ensdef.pools import MemberPlan, Pool, plan_pool, train_member
+from ensdef.errors import ConfigError, EnsdefError
 from ensdef.presets import Preset, SweepConfig, TrainConfig
 from ensdef.store import ArtifactStore
+from ensdef.training.pools import MemberPlan, Pool, plan_pool, train_member
 from tune.pools import TuneRun, storage_path, tuner
 from tune.resources import trial_resources, use_trial_cpus
 
@@ -52,9 +53,9 @@ def search_space(sweep: SweepConfig) -> dict[str, Any]:
     for name, spec in sweep.space.items():
         if name not in TRAIN_FIELDS | PLAN_KNOBS.keys():
             known = ", ".join(sorted(TRAIN_FIELDS | PLAN_KNOBS.keys()))
-            raise ValueError(f"sweep field {name!r} is not a training setting or plan knob ({known})")
+            raise ConfigError(f"sweep field {name!r} is not a training setting or plan knob ({known})")
         if len(spec) != 1 or next(iter(spec)) not in SPACES:
-            raise ValueError(f"sweep field {name!r}: give one of {sorted(SPACES)}, got {spec}")
+            raise ConfigError(f"sweep field {name!r}: give one of {sorted(SPACES)}, got {spec}")
         kind, args = next(iter(spec.items()))
         out[name] = SPACES[kind](*args)
     return out
@@ -86,7 +87,7 @@ def sweep_pool(preset: Preset, store: ArtifactStore, pool: Pool, run: TuneRun | 
     """ASHA sweep of ``preset.tune.sweeps[pool]`` over every member of ``pool``; the winners go to ``store``."""
     run = run or TuneRun()
     if pool.value not in preset.tune.sweeps:
-        raise ValueError(f"preset {preset.name} has no tune.sweeps.{pool.value}; sweeps: {sorted(preset.tune.sweeps)}")
+        raise ConfigError(f"preset {preset.name} has no tune.sweeps.{pool.value}; sweeps: {sorted(preset.tune.sweeps)}")
     sweep = preset.tune.sweeps[pool.value]
     plans = {p.name: p for p in plan_pool(preset, pool)}
     base = run.name or f"{preset.name}-sweep-{pool.value}-{cache_key(to_plain([plans, sweep]))[:8]}"
@@ -118,7 +119,7 @@ def sweep_pool(preset: Preset, store: ArtifactStore, pool: Pool, run: TuneRun | 
         trials += len(grid)
         done = [r for r in grid if r.checkpoint and r.metrics.get("final")]
         if not done:
-            raise RuntimeError(f"{member}: no sweep trial finished (errors: {[str(r.error) for r in grid if r.error]})")
+            raise EnsdefError(f"{member}: no sweep trial finished (errors: {[str(r.error) for r in grid if r.error]})")
         best = max(done, key=lambda r: r.metrics["score"])
         with best.checkpoint.as_directory() as d:
             src = ArtifactStore(d)

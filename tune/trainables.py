@@ -1,4 +1,4 @@
-"""Function trainables: one pool member per trial, trained by ``ensdef.pools.train_member`` into the shared
+"""Function trainables: one pool member per trial, trained by ``ensdef.training.pools.train_member`` into the shared
 artifact store (the same manifest and loader as the in-process trainer).
 
 Every epoch reports ``score`` (validation score, higher is better) so schedulers can stop trials; the last
@@ -19,9 +19,9 @@ from ray import tune
 
 from ensdef.config import to_plain
 from ensdef.data import Dataset, load_dataset
-from ensdef.pools import MemberPlan, stored_as_planned, train_member
 from ensdef.presets import Preset
 from ensdef.store import ArtifactStore, Manifest
+from ensdef.training.pools import MemberPlan, stored_as_planned, train_member
 from tune.resources import use_trial_cpus
 
 log = logging.getLogger(__name__)

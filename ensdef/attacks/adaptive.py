@@ -1,7 +1,7 @@
 """The adaptive white-box attack: ART gradient attacks on a classifier that wraps the whole defense.
 
 Randomized defenses are attacked through their EOT surrogate (``eot`` draws per gradient step). Defenses that
-can flag or abstain are attacked twice: with seed 004's detector-aware objective (a targeted attack toward the
+can flag or abstain are attacked twice: with He et al. (2017)'s detector-aware objective (a targeted attack toward the
 most likely wrong class of the flag-as-extra-class model, so success means a wrong label that is not flagged)
 and with the untargeted loss on the surrogate; per image the example that does best against the defense's own
 decisions is kept (drawn with a selection seed that is not the scoring seed). Neither objective dominates:
@@ -20,9 +20,8 @@ from ensdef.attacks.art_classifier import art_classifier
 from ensdef.attacks.catalog import ATTACKS, attack_params
 from ensdef.attacks.detector_aware import FlagAwareSurrogate, flag_aware_targets
 from ensdef.attacks.eot import EOTSurrogate
-from ensdef.defenses.base import Defense
-from ensdef.evaluation import decide_all
-from ensdef.metrics import Outcome, outcomes
+from ensdef.defenses.base import Defense, decide_all
+from ensdef.types import Outcome, outcomes
 
 # the attacker's preference, best first
 _RANK = {Outcome.WRONG_UNFLAGGED: 0, Outcome.WRONG_FLAGGED: 1, Outcome.CORRECT_FLAGGED: 2, Outcome.CORRECT_UNFLAGGED: 3}

@@ -1,15 +1,11 @@
-"""Attack catalogue: names to ART attack builders with the seeds' MNIST budgets, and ML / LL targets.
-
-``ML`` targets the most likely wrong class of the attacked model, ``LL`` the least likely (MODEF II).
-Budgets follow MODEF Table I (L-inf 0.3 for FGSM / BIM, C&W confidence 5, JSMA theta 1 / gamma 0.1) and
-seed 001 (EAD c = 0.1); a preset's ``evaluation.budgets`` overrides any parameter per attack name.
+"""Attack catalogue: each attack of :mod:`ensdef.presets.budgets` bound to its ART builder, and the ML / LL
+targets. ``ML`` targets the attacked model's most likely wrong class, ``LL`` its least likely (MODEF II).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -28,32 +24,24 @@ from art.attacks.evasion import (
     SquareAttack,
 )
 
+from ensdef.presets.budgets import BUDGETS, Target, attack_params
+from ensdef.registry import Registry
 
-class Target(str, Enum):
-    UNTARGETED = "ua"
-    MOST_LIKELY = "ml"
-    LEAST_LIKELY = "ll"
-
+__all__ = ["ATTACKS", "AttackSpec", "Target", "attack_params", "attack_targets", "run_attack"]
 
 Builder = Callable[[Any, bool, dict[str, Any]], Any]  # (ART classifier, targeted, params) -> attack
 
 
 @dataclass(frozen=True)
 class AttackSpec:
+    """An attack's budget (norm, target, default parameters; :mod:`ensdef.presets.budgets`) and its ART builder."""
+
     name: str
-    norm: str  # "linf" | "l2" | "l0"
+    norm: str
     target: Target
-    build: Builder
     params: dict[str, Any]
-    gradient_free: bool = False  # a black-box (score / decision based) attack
-
-
-ATTACKS: dict[str, AttackSpec] = {}
-
-
-def register_attack(spec: AttackSpec) -> AttackSpec:
-    ATTACKS[spec.name] = spec
-    return spec
+    gradient_free: bool
+    build: Builder
 
 
 def _b(p: dict[str, Any]) -> int:
@@ -99,13 +87,15 @@ def _apgd(c: Any, t: bool, p: dict[str, Any]) -> Any:
     )
 
 
+def _cw(p: dict[str, Any], t: bool) -> dict[str, Any]:
+    """The arguments every C&W-style attack takes."""
+    return {"confidence": p["confidence"], "targeted": t, "learning_rate": p["lr"], "max_iter": p["max_iter"]}
+
+
 def _cw_linf(c: Any, t: bool, p: dict[str, Any]) -> Any:
     return CarliniLInfMethod(
         c,
-        confidence=p["confidence"],
-        targeted=t,
-        learning_rate=p["lr"],
-        max_iter=p["max_iter"],
+        **_cw(p, t),
         decrease_factor=p.get("decrease_factor", 0.9),
         initial_const=p.get("initial_const", 1e-5),
         largest_const=p.get("largest_const", 20.0),
@@ -121,11 +111,8 @@ def _cw_search(cls: type, *extra: str) -> Builder:
     def build(c: Any, t: bool, p: dict[str, Any]) -> Any:
         return cls(
             c,
-            confidence=p["confidence"],
-            targeted=t,
-            learning_rate=p["lr"],
+            **_cw(p, t),
             binary_search_steps=p["search_steps"],
-            max_iter=p["max_iter"],
             initial_const=p["c"],
             batch_size=_b(p),
             verbose=False,
@@ -162,26 +149,28 @@ def _hsj(c: Any, t: bool, p: dict[str, Any]) -> Any:
     )
 
 
-_CW = {"confidence": 5.0, "lr": 0.01, "max_iter": 100, "search_steps": 5, "c": 0.1}
-for _name, _norm, _tgt, _fn, _params in [
-    ("fgsm", "linf", Target.UNTARGETED, _fgsm, {"eps": 0.3}),
-    ("bim", "linf", Target.UNTARGETED, _bim, {"eps": 0.3, "eps_step": 0.06, "max_iter": 10}),
-    ("pgd", "linf", Target.UNTARGETED, _pgd, {"eps": 0.3, "eps_step": 0.01, "max_iter": 100, "restarts": 1}),
-    ("apgd", "linf", Target.UNTARGETED, _apgd, {"eps": 0.3, "eps_step": 0.1, "max_iter": 100}),
-    ("cw_linf_ml", "linf", Target.MOST_LIKELY, _cw_linf, {"confidence": 5.0, "lr": 0.01, "max_iter": 100}),
-    ("cw_linf_ll", "linf", Target.LEAST_LIKELY, _cw_linf, {"confidence": 5.0, "lr": 0.01, "max_iter": 100}),
-    ("cw_l2_ml", "l2", Target.MOST_LIKELY, _cw_l2, _CW),
-    ("cw_l2_ll", "l2", Target.LEAST_LIKELY, _cw_l2, _CW),
-    ("cw_l0_ml", "l0", Target.MOST_LIKELY, _cw_l0, _CW),
-    ("cw_l0_ll", "l0", Target.LEAST_LIKELY, _cw_l0, _CW),
-    ("jsma_ml", "l0", Target.MOST_LIKELY, _jsma, {"theta": 1.0, "gamma": 0.1}),
-    ("jsma_ll", "l0", Target.LEAST_LIKELY, _jsma, {"theta": 1.0, "gamma": 0.1}),
-    ("deepfool", "l2", Target.UNTARGETED, _deepfool, {"max_iter": 50, "overshoot": 0.02}),
-    ("ead", "l1", Target.UNTARGETED, _ead, {**_CW, "beta": 1e-3, "search_steps": 3}),
-]:
-    register_attack(AttackSpec(_name, _norm, _tgt, _fn, dict(_params)))
-register_attack(AttackSpec("square", "linf", Target.UNTARGETED, _square, {"eps": 0.3, "max_iter": 100}, True))
-register_attack(AttackSpec("hopskipjump", "linf", Target.UNTARGETED, _hsj, {"max_iter": 20, "max_eval": 1000}, True))
+BUILDERS: dict[str, Builder] = {
+    "fgsm": _fgsm,
+    "bim": _bim,
+    "pgd": _pgd,
+    "apgd": _apgd,
+    "cw_linf_ml": _cw_linf,
+    "cw_linf_ll": _cw_linf,
+    "cw_l2_ml": _cw_l2,
+    "cw_l2_ll": _cw_l2,
+    "cw_l0_ml": _cw_l0,
+    "cw_l0_ll": _cw_l0,
+    "jsma_ml": _jsma,
+    "jsma_ll": _jsma,
+    "deepfool": _deepfool,
+    "ead": _ead,
+    "square": _square,
+    "hopskipjump": _hsj,
+}
+ATTACKS: Registry[AttackSpec] = Registry("attack")
+for _name, _budget in BUDGETS.items():
+    b = _budget
+    ATTACKS.add(_name, AttackSpec(b.name, b.norm, b.target, b.params, b.gradient_free, BUILDERS[_name]))
 
 
 def attack_targets(probs: np.ndarray, y: np.ndarray, target: Target) -> np.ndarray | None:
@@ -195,12 +184,6 @@ def attack_targets(probs: np.ndarray, y: np.ndarray, target: Target) -> np.ndarr
     else:
         t = p.argmin(1)
     return np.eye(probs.shape[1], dtype=np.float32)[t]
-
-
-def attack_params(name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    if name not in ATTACKS:
-        raise KeyError(f"unknown attack {name!r}; known: {', '.join(ATTACKS)}")
-    return {**ATTACKS[name].params, **(overrides or {})}
 
 
 def run_attack(

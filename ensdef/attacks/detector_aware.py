@@ -1,4 +1,4 @@
-"""Seed 004's detector-aware objective: the flag as an extra class, so an attack that wins must also evade
+"""He et al. (2017)'s detector-aware objective: the flag as an extra class, so an attack that wins must also evade
 flagging and abstention.
 
 For a defense that aggregates V voters (``Defense.voters``), class ``k < K`` gets the probability that every

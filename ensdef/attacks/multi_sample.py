@@ -1,4 +1,4 @@
-"""Seed 001 Table 4: attack the mean prediction of n sampled RLS networks fixed by the attacker, then
+"""Lee et al. 2021 Table 4: attack the mean prediction of n sampled RLS networks fixed by the attacker, then
 evaluate the RLS defense, which samples its own networks per query."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Seed 003's superimposition attack: minimal-perturbation examples made on single members, the k with the
-smallest perturbations superimposed (``x + sum_i (a_i - x)``, clipped to [0, 1]) so that perturbations which
-transfer to many members add up."""
+"""The superimposition attack of Liang and Samavi (2021): minimal-perturbation examples made on single
+members, the k with the smallest perturbations superimposed (``x + sum_i (a_i - x)``, clipped to [0, 1]), so
+that perturbations which transfer to many members add up."""
 
 from __future__ import annotations
 

@@ -9,9 +9,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
-from ensdef.plans import Plan, run_local
-from ensdef.rng import randint
+from ensdef.defenses.plans import Plan, run_local
+from ensdef.rng import make_generator, randint
 from ensdef.types import Decision
 
 
@@ -24,7 +25,7 @@ class Defense(ABC):
 
     @abstractmethod
     def plan(self, x: torch.Tensor, g: torch.Generator, quorum: float = 0.5) -> Plan:
-        """The decision as stages of member jobs (:mod:`ensdef.plans`); randomness only from ``g``."""
+        """The decision as stages of member jobs (:mod:`ensdef.defenses.plans`); randomness only from ``g``."""
 
     @abstractmethod
     def named_members(self) -> dict[str, nn.Module]:
@@ -77,7 +78,7 @@ def probs_of(models: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
 
 
 def mean_log_probs(models: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
-    """``[B, K]`` mean over members of log-softmax outputs (the surrogate of DESIGN.md)."""
+    """``[B, K]`` mean over members of log-softmax outputs (the surrogate every ensemble exposes)."""
     return torch.stack([log_probs(m, x) for m in models]).mean(0)
 
 
@@ -93,3 +94,12 @@ def plurality(labels: torch.Tensor, num_classes: int, g: torch.Generator) -> tup
         tied = (counts[i] == top[i]).nonzero().flatten()
         out[i] = tied[randint(len(tied), g)] if len(tied) > 1 else tied[0]
     return out, top
+
+
+def decide_all(defense: Defense, x: torch.Tensor, seed: int, batch_size: int = 50, desc: str = "") -> list[Decision]:
+    """Decisions for every row of ``x``; one generator seeded with ``seed`` drives all batches in order."""
+    g = make_generator(seed)
+    out: list[Decision] = []
+    for i in tqdm(range(0, len(x), batch_size), desc=desc or defense.name, leave=False, disable=None):
+        out += defense.decide(x[i : i + batch_size], g)
+    return out

@@ -14,21 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
 
 import torch
 from torch import nn
 
 from ensdef.defenses.base import Defense, log_probs
 from ensdef.defenses.denoising import DenoisingEnsemble
-from ensdef.defenses.verification import OnDisagree, VerificationEnsemble, VoteRule
-from ensdef.plans import Job, Op, Plan, decisions, present
-from ensdef.teams import TeamSelection
-
-
-class CrossLayerMode(str, Enum):
-    ONE_TO_MANY = "one_to_many"
-    MANY_TO_MANY = "many_to_many"
+from ensdef.defenses.plans import Job, Op, Plan, decisions, present
+from ensdef.defenses.verification import VerificationEnsemble
+from ensdef.diversity.teams import TeamSelection
+from ensdef.types import CrossLayerMode, OnDisagree, VoteRule
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ensdef.defenses.base import Defense, log_probs, plurality
-from ensdef.plans import Job, Op, Plan, Results, decisions, present, required
+from ensdef.defenses.plans import Job, Op, Plan, Results, decisions, present, required
 from ensdef.rng import randint
 
 

@@ -1,4 +1,4 @@
-"""DeT (seed 002): Gaussian noise, a preliminary reformer, random samples in the hypercube around its output,
+"""DeT (Li et al. 2019): Gaussian noise, a preliminary reformer, random samples in the hypercube around its output,
 a list of reformers reconstructing every sample, and a two-level majority vote.
 
 ``x' = clip(x + sigma N)``, ``x'' = R_0(x')``, samples ``x''_i = clip(x'' + eps N)`` for ``i < n``; every
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ensdef.defenses.base import Defense, bpda_clip, log_probs, plurality
-from ensdef.plans import Job, Op, Plan, decisions, present, required
+from ensdef.defenses.plans import Job, Op, Plan, decisions, present, required
 from ensdef.rng import randn_like
 
 

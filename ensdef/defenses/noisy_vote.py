@@ -1,4 +1,4 @@
-"""Seed 003: an ensemble of temperature-trained networks with noisy logits, plurality vote and rank
+"""Liang and Samavi 2021: an ensemble of temperature-trained networks with noisy logits, plurality vote and rank
 verification.
 
 Each member answers only for its own freshly noised input ``x + N(0, sigma^2)``: clean logits never leave a
@@ -16,7 +16,7 @@ from scipy.stats import binomtest
 from torch import nn
 
 from ensdef.defenses.base import Defense, log_probs
-from ensdef.plans import Job, Op, Plan, decisions, present, run_job, stacked
+from ensdef.defenses.plans import Job, Op, Plan, decisions, present, run_job, stacked
 from ensdef.rng import randn_like, spawn_seeds
 from ensdef.types import ABSTAIN
 

@@ -1,97 +1,140 @@
-"""Defense registry: a name maps to a builder that assembles the defense from an artifact store."""
+"""Defense registry: a name maps to a builder that assembles the defense from an artifact store.
+
+A builder takes its members from a :class:`MemberSource`. :func:`build_defense` loads every member's weights
+(hash-checked) on a device, for the process that computes with them. :func:`describe_defense` gives the same
+defense without weights (each member a :class:`MemberRef` built from its manifest): its plan, member names,
+roles and hyper-parameters, for routers, the service's survey and listings. A described defense plans
+exactly as the built one does (same names, same draws); it refuses to compute.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from ensdef.defenses.base import Defense
-from ensdef.defenses.crosslayer import CrossLayerEnsemble, CrossLayerMode
+from ensdef.defenses.crosslayer import CrossLayerEnsemble
 from ensdef.defenses.denoising import DenoisingEnsemble
 from ensdef.defenses.det import DeTDefense
 from ensdef.defenses.noisy_vote import NoisyVoteEnsemble
 from ensdef.defenses.rls import RLSEnsemble
 from ensdef.defenses.single import SingleModel
 from ensdef.defenses.verification import VerificationEnsemble
+from ensdef.diversity.teams import TeamSelection
+from ensdef.errors import NotTrained
+from ensdef.models import build
+from ensdef.models.rls import uniform_mu
 from ensdef.presets import Preset
-from ensdef.store import ArtifactStore
-from ensdef.teams import TeamSelection
-from ensdef.types import Role
+from ensdef.registry import Registry
+from ensdef.store import DET_LIST_ARTIFACT, TEAMS_ARTIFACT, TUNED, ArtifactStore, Manifest
+from ensdef.types import CrossLayerMode, Role
 
-TEAMS_ARTIFACT = "teams-verifiers"
-Builder = Callable[[ArtifactStore, Preset, torch.device], Defense]
-DEFENSES: dict[str, Builder] = {}
+__all__ = [
+    "DEFENSES",
+    "DET_LIST_ARTIFACT",
+    "TEAMS_ARTIFACT",
+    "TUNED",
+    "Description",
+    "MemberRef",
+    "MemberSource",
+    "build_defense",
+    "describe_defense",
+    "load_role",
+    "load_target",
+    "load_teams",
+]
 
 
-def register_defense(name: str) -> Callable[[Builder], Builder]:
-    def deco(fn: Builder) -> Builder:
-        DEFENSES[name] = fn
-        return fn
+class MemberRef(nn.Module):
+    """Stands in for a stored member in a weight-free description: its manifest, no weights."""
 
-    return deco
+    def __init__(self, manifest: Manifest) -> None:
+        super().__init__()
+        self.manifest = manifest
+
+    def forward(self, *args: Any) -> torch.Tensor:
+        raise RuntimeError(f"{self.manifest.name}: a described defense holds no weights (use build_defense)")
+
+
+class MemberSource:
+    """Where a builder gets its members: loaded on ``device`` (hash-checked), or, with ``device=None``, as
+    :class:`MemberRef` stand-ins read from the manifests only."""
+
+    def __init__(self, store: ArtifactStore, device: torch.device | None) -> None:
+        self.store, self.device = store, device
+
+    def model(self, name: str) -> nn.Module:
+        if self.device is None:
+            return MemberRef(self.store.manifest(name))
+        return self.store.load_model(name, self.device)[0]
+
+    def role(self, role: Role, pool: str) -> tuple[list[str], list[nn.Module]]:
+        """Every stored member of ``role``, sorted by name; ``pool`` names the ``ensdef train --pool`` to run."""
+        names = [m.name for m in self.store.by_role(role)]
+        if not names:
+            raise NotTrained(f"no {role.value} artifacts in store {self.store.root}; run `ensdef train --pool {pool}`")
+        return names, [self.model(n) for n in names]
+
+    def json(self, name: str, how: str) -> dict[str, Any]:
+        if not self.store.has_json(name):
+            raise NotTrained(f"no {name} in store {self.store.root}; run `{how}`")
+        return self.store.load_json(name)
+
+
+Builder = Callable[[MemberSource, Preset], Defense]
+DEFENSES: Registry[Builder] = Registry("defense")
 
 
 def load_role(store: ArtifactStore, role: Role, device: torch.device) -> tuple[list[str], list[nn.Module]]:
     """All stored members of ``role`` (sorted by name), loaded on ``device`` with hash checks."""
-    names = [m.name for m in store.by_role(role)]
-    if not names:
-        raise FileNotFoundError(f"no {role.value} artifacts in store {store.root}; train them with `ensdef train`")
-    return names, [store.load_model(n, device)[0] for n in names]
+    return MemberSource(store, torch.device(device)).role(role, "all")
 
 
 def load_target(store: ArtifactStore, device: torch.device) -> nn.Module:
     return store.load_model("target", device)[0]
 
 
-TUNED = "tuned"  # a team-selection sweep's record inside the artifact (``ensdef tune-teams``)
-
-
-def load_teams(store: ArtifactStore, preset: Preset, device: torch.device) -> tuple[TeamSelection, list[nn.Module]]:
-    """The saved team selection and its verifiers, in the selection's order. The policy is the sweep's when
-    the selection was tuned (``ensdef tune-teams``), else the preset's."""
-    return _teams(_saved_teams(store), store, preset, device)
-
-
-def _saved_teams(store: ArtifactStore) -> dict:
-    if not store.has_json(TEAMS_ARTIFACT):
-        raise FileNotFoundError(f"no team selection in store {store.root}; run `ensdef select` first")
-    return store.load_json(TEAMS_ARTIFACT)
-
-
-def _teams(
-    saved: dict, store: ArtifactStore, preset: Preset, device: torch.device
-) -> tuple[TeamSelection, list[nn.Module]]:
+def _teams(src: MemberSource, preset: Preset) -> tuple[dict[str, Any], TeamSelection, list[nn.Module]]:
+    """The saved selection (raw), its teams and its verifiers in the selection's order. The policy is the
+    sweep's when the selection was tuned (``ensdef tune-teams``), else the preset's."""
+    saved = src.json(TEAMS_ARTIFACT, "ensdef select")
     teams = TeamSelection.from_json(saved)
     if TUNED not in saved:
         teams = teams.with_policy(preset.modef.policy)
-    return teams, [store.load_model(n, device)[0] for n in teams.members]
+    return saved, teams, [src.model(n) for n in teams.members]
 
 
-@register_defense("denoising")
-def _denoising(store: ArtifactStore, preset: Preset, device: torch.device) -> Defense:
-    names, denoisers = load_role(store, Role.DENOISER, device)
-    return DenoisingEnsemble(denoisers, load_target(store, device), names=names)
+def load_teams(store: ArtifactStore, preset: Preset, device: torch.device) -> tuple[TeamSelection, list[nn.Module]]:
+    """The saved team selection and its verifiers loaded on ``device``, in the selection's order."""
+    return _teams(MemberSource(store, torch.device(device)), preset)[1:]
 
 
-@register_defense("verification")
-def _verification(store: ArtifactStore, preset: Preset, device: torch.device) -> Defense:
-    teams, verifiers = load_teams(store, preset, device)
+@DEFENSES.register("denoising")
+def _denoising(src: MemberSource, preset: Preset) -> Defense:
+    names, denoisers = src.role(Role.DENOISER, "denoisers")
+    return DenoisingEnsemble(denoisers, src.model("target"), names=names)
+
+
+@DEFENSES.register("verification")
+def _verification(src: MemberSource, preset: Preset) -> Defense:
+    _, teams, verifiers = _teams(src, preset)
     c = preset.modef
-    return VerificationEnsemble(load_target(store, device), verifiers, teams, c.vote, c.on_disagree)
+    return VerificationEnsemble(src.model("target"), verifiers, teams, c.vote, c.on_disagree)
 
 
 def _crosslayer(mode: CrossLayerMode | None) -> Builder:
-    def build(store: ArtifactStore, preset: Preset, device: torch.device) -> Defense:
-        saved = _saved_teams(store)  # read once: the selection, and the mode a sweep chose for it
-        teams, verifiers = _teams(saved, store, preset, device)
-        names, denoisers = load_role(store, Role.DENOISER, device)
+    def build_it(src: MemberSource, preset: Preset) -> Defense:
+        saved, teams, verifiers = _teams(src, preset)  # read once: the selection, and the mode a sweep chose
+        names, denoisers = src.role(Role.DENOISER, "denoisers")
         c = preset.modef
         tuned = CrossLayerMode(saved[TUNED]["mode"]) if TUNED in saved else None
         return CrossLayerEnsemble(
             denoisers,
-            load_target(store, device),
+            src.model("target"),
             verifiers,
             teams,
             mode or tuned or c.cross_layer,
@@ -101,42 +144,49 @@ def _crosslayer(mode: CrossLayerMode | None) -> Builder:
             denoiser_names=names,
         )
 
-    return build
+    return build_it
 
 
-register_defense("modef")(_crosslayer(None))
-register_defense("modef-1tm")(_crosslayer(CrossLayerMode.ONE_TO_MANY))
-register_defense("modef-mtm")(_crosslayer(CrossLayerMode.MANY_TO_MANY))
+DEFENSES.add("modef", _crosslayer(None))
+DEFENSES.add("modef-1tm", _crosslayer(CrossLayerMode.ONE_TO_MANY))
+DEFENSES.add("modef-mtm", _crosslayer(CrossLayerMode.MANY_TO_MANY))
 
 
-@register_defense("noisy-vote")
-def _noisy_vote(store: ArtifactStore, preset: Preset, device: torch.device) -> Defense:
+@DEFENSES.register("noisy-vote")
+def _noisy_vote(src: MemberSource, preset: Preset) -> Defense:
     c = preset.noisy_vote
-    names, members = load_role(store, Role.TEMPNET, device)
+    names, members = src.role(Role.TEMPNET, "tempnets")
     return NoisyVoteEnsemble(members, c.sigma, c.alpha_rv if c.rank_verification else None, names=names)
 
 
-@register_defense("rls")
-def _rls(store: ArtifactStore, preset: Preset, device: torch.device) -> Defense:
-    names = [m.name for m in store.by_role(Role.RLS)]
-    if not names:
-        raise FileNotFoundError(f"no rls artifacts in store {store.root}; train them with `ensdef train --pool rls`")
-    return RLSEnsemble(store.load_model(names[0], device)[0], preset.rls.n, names[0])  # type: ignore[arg-type]
+@DEFENSES.register("rls")
+def _rls(src: MemberSource, preset: Preset) -> Defense:
+    names, nets = src.role(Role.RLS, "rls")
+    net = nets[0]
+    if isinstance(net, MemberRef):  # the plan needs the sampling distribution's shape only (mu is not trained)
+        return RLSEnsemble(net, preset.rls.n, names[0], mu=uniform_mu(*_mu_shape(net.manifest)))  # type: ignore[arg-type]
+    return RLSEnsemble(net, preset.rls.n, names[0])  # type: ignore[arg-type]
 
 
-DET_LIST_ARTIFACT = "det-reformer-list"
+def _mu_shape(m: Manifest) -> tuple[int, int]:
+    """``(L, M)`` of a stored RLS member, from an untrained copy of its architecture (no weight file read; the
+    copy is dropped at once). Building on torch's meta device would avoid the copy but imports ~150 MB of
+    meta kernels into every router."""
+    with torch.no_grad():
+        shape = tuple(
+            build(m.architecture, tuple(m.input_shape), m.num_classes, **m.extra.get("build_kwargs", {})).mu.shape
+        )
+    return int(shape[0]), int(shape[1])
 
 
-@register_defense("det")
-def _det(store: ArtifactStore, preset: Preset, device: torch.device) -> Defense:
-    if not store.has_json(DET_LIST_ARTIFACT):
-        raise FileNotFoundError(f"no DeT reformer list in store {store.root}; run `ensdef train --pool reformers`")
-    chosen = store.load_json(DET_LIST_ARTIFACT)
+@DEFENSES.register("det")
+def _det(src: MemberSource, preset: Preset) -> Defense:
+    chosen = src.json(DET_LIST_ARTIFACT, "ensdef train --pool reformers")
     c = preset.det
     return DeTDefense(
-        load_target(store, device),
-        store.load_model(chosen["preliminary"], device)[0],
-        [store.load_model(n, device)[0] for n in chosen["list"]],
+        src.model("target"),
+        src.model(chosen["preliminary"]),
+        [src.model(n) for n in chosen["list"]],
         c.sigma,
         c.eps,
         c.samples,
@@ -144,26 +194,51 @@ def _det(store: ArtifactStore, preset: Preset, device: torch.device) -> Defense:
     )
 
 
-@register_defense("target")
-def _target(store: ArtifactStore, preset: Preset, device: torch.device) -> Defense:
-    return SingleModel(load_target(store, device), "target")
+@DEFENSES.register("target")
+def _target(src: MemberSource, preset: Preset) -> Defense:
+    return SingleModel(src.model("target"), "target")
 
 
 def _baseline(method: str) -> Builder:
-    def build(store: ArtifactStore, preset: Preset, device: torch.device) -> Defense:
+    def build_it(src: MemberSource, preset: Preset) -> Defense:
         name = f"baseline-{method}"
-        if not store.exists(name):
-            raise FileNotFoundError(f"no {name} in store {store.root}; train it with `ensdef train --pool baselines`")
-        return SingleModel(store.load_model(name, device)[0], method, member=name)
+        if not src.store.exists(name):
+            raise NotTrained(f"no {name} in store {src.store.root}; run `ensdef train --pool baselines`")
+        return SingleModel(src.model(name), method, member=name)
 
-    return build
+    return build_it
 
 
-register_defense("adv-training")(_baseline("adv-training"))
-register_defense("distillation")(_baseline("distillation"))
+DEFENSES.add("adv-training", _baseline("adv-training"))
+DEFENSES.add("distillation", _baseline("distillation"))
 
 
 def build_defense(name: str, store: ArtifactStore, preset: Preset, device: torch.device | str = "cpu") -> Defense:
-    if name not in DEFENSES:
-        raise KeyError(f"unknown defense {name!r}; known: {', '.join(DEFENSES)}")
-    return DEFENSES[name](store, preset, torch.device(device))
+    """Defense ``name`` with every member's weights loaded (hash-checked) on ``device``."""
+    return DEFENSES[name](MemberSource(store, torch.device(device)), preset)
+
+
+@dataclass(frozen=True)
+class Description:
+    """A defense without weights: ``defense`` plans (``defense.plan``) but does not compute; ``members`` maps
+    each member its plan calls to its role."""
+
+    name: str
+    defense: Defense
+    members: dict[str, Role]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": type(self.defense).__name__,
+            "members": {n: r.value for n, r in sorted(self.members.items())},
+            "randomized": self.defense.randomized,
+            "can_flag": self.defense.can_flag,
+        }
+
+
+def describe_defense(name: str, store: ArtifactStore, preset: Preset) -> Description:
+    """Defense ``name`` from the store's manifests and JSON artifacts only (no weight file is read)."""
+    defense = DEFENSES[name](MemberSource(store, None), preset)
+    members = {n: m.manifest.role for n, m in defense.named_members().items()}  # type: ignore[union-attr]
+    return Description(name, defense, members)

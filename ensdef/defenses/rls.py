@@ -1,26 +1,19 @@
-"""Random layer sampling defense (seed 001): N sampled networks per request, probabilities averaged.
-
-Training is group optimisation: every step samples K networks and minimises the loss of their mean
-prediction (cross-entropy on the mean probability, or the squared error of Eq. 7).
-"""
+"""Random layer sampling defense (Lee, Lee, Kim and Ro 2021): N sampled networks per request, probabilities
+averaged. Training (group optimisation) is :mod:`ensdef.training.rls`."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ensdef.data import Split
 from ensdef.defenses.base import Defense
-from ensdef.diversity import interrater_agreement
-from ensdef.models.rls import RLSNet
-from ensdef.plans import Job, Op, Plan, decisions, present, stacked
-from ensdef.presets import GroupLossKind as GroupLoss
-from ensdef.presets import TrainConfig
+from ensdef.defenses.plans import Job, Op, Plan, decisions, present, stacked
+from ensdef.diversity.kappa import interrater_agreement
+from ensdef.models.rls import RLSNet, sample_paths
 from ensdef.rng import make_generator
-from ensdef.train import EpochHook, TrainResult, augment, fit
 
 
 def sampled_probs(net: RLSNet, x: torch.Tensor, paths: torch.Tensor) -> torch.Tensor:
@@ -28,30 +21,28 @@ def sampled_probs(net: RLSNet, x: torch.Tensor, paths: torch.Tensor) -> torch.Te
     return torch.stack([net.forward_path(x, p).softmax(1) for p in paths])
 
 
-def group_loss(
-    net: RLSNet, x: torch.Tensor, y: torch.Tensor, k: int, kind: GroupLoss, g: torch.Generator
-) -> torch.Tensor:
-    mean = sampled_probs(net, x, net.sample_paths(k, g)).mean(0)
-    if kind is GroupLoss.CE_MEAN:
-        return F.nll_loss(mean.clamp_min(1e-12).log(), y)
-    return ((mean - F.one_hot(y, mean.shape[1]).to(mean)) ** 2).sum(1).mean()
-
-
 class RLSEnsemble(Defense):
     name = "rls"
     can_flag = False
 
-    def __init__(self, net: RLSNet, n: int = 10, member: str = "rls") -> None:
+    def __init__(self, net: RLSNet, n: int = 10, member: str = "rls", mu: torch.Tensor | None = None) -> None:
+        """``mu`` ``[L, M]``: the sampling distribution (default ``net.mu``); a weight-free description passes
+        it with a stand-in for ``net``."""
         self.net, self.n, self.member = net.eval(), n, member
+        self.mu = (net.mu if mu is None else mu).detach().cpu()
+
+    def paths(self, k: int, g: torch.Generator) -> torch.Tensor:
+        """``[k, L]`` sampled networks, drawn from ``mu`` with ``g``."""
+        return sample_paths(self.mu, k, g)
 
     @torch.no_grad()
     def sampled_labels(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """``[N, B]`` labels of N sampled networks (for the interrater-agreement score)."""
-        return sampled_probs(self.net, x, self.net.sample_paths(self.n, g)).argmax(2)
+        return sampled_probs(self.net, x, self.paths(self.n, g)).argmax(2)
 
     def plan(self, x: torch.Tensor, g: torch.Generator, quorum: float = 0.5) -> Plan:
         """One stage: N sampled networks (one job each, all on the RLS member); probabilities averaged."""
-        paths = self.net.sample_paths(self.n, g).tolist()
+        paths = self.paths(self.n, g).tolist()
         res = yield [Job(self.member, Op.PATH_PROBS, x, path=tuple(p)) for p in paths]
         idx, missing = present(res, quorum, "sampled networks")
         label = stacked(res, idx).mean(0).argmax(1)
@@ -63,18 +54,18 @@ class RLSEnsemble(Defense):
     def surrogate(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
         if g is None:
             return self.net(x)
-        return sampled_probs(self.net, x, self.net.sample_paths(self.n, g)).mean(0).clamp_min(1e-12).log()
+        return sampled_probs(self.net, x, self.paths(self.n, g)).mean(0).clamp_min(1e-12).log()
 
     def surrogate_many(self, x: torch.Tensor, gs: Sequence[torch.Generator]) -> torch.Tensor:
         """Each draw's N paths; every distinct path runs once (there are at most M^L of them)."""
-        paths = [self.net.sample_paths(self.n, g) for g in gs]
+        paths = [self.paths(self.n, g) for g in gs]
         uniq, inv = torch.unique(torch.cat(paths), dim=0, return_inverse=True)
         probs = sampled_probs(self.net, x, uniq)[inv].view(len(gs), self.n, len(x), -1)
         return probs.mean(1).clamp_min(1e-12).log()
 
     def sampled_networks(self, n: int, g: torch.Generator) -> list[nn.Module]:
         """``n`` exported sampled networks drawn with ``g`` (what an attacker can fix and attack)."""
-        return [self.net.export(p) for p in self.net.sample_paths(n, g)]
+        return [self.net.export(p) for p in self.paths(n, g)]
 
     def members(self, g: torch.Generator | None = None) -> list[nn.Module]:
         """With ``g``: N sampled networks; without: the M sub-models' own paths."""
@@ -85,28 +76,3 @@ class RLSEnsemble(Defense):
     def diversity(self, split: Split, seed: int = 0) -> float:
         """Interrater agreement of the N sampled networks' predictions on ``split`` (lower = more diverse)."""
         return interrater_agreement(self.sampled_labels(split.x, make_generator(seed)).numpy(), split.y.numpy())
-
-
-def train_rls(
-    net: RLSNet,
-    train: Split,
-    val: Split,
-    cfg: TrainConfig,
-    k: int,
-    kind: GroupLoss,
-    n_eval: int = 10,
-    desc: str = "rls",
-    on_epoch: EpochHook | None = None,
-) -> TrainResult:
-    """Group optimisation of ``net``; early stopping on the validation accuracy of N averaged samples."""
-
-    def loss(m: RLSNet, xb: torch.Tensor, yb: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        return group_loss(m, augment(xb, cfg.shift, cfg.rotate, g), yb, k, kind, g)
-
-    def val_acc(m: RLSNet) -> float:
-        d = RLSEnsemble(m, n_eval).decide(val.x, make_generator(cfg.seed))
-        m.train()
-        return sum(dd.label == int(t) for dd, t in zip(d, val.y, strict=True)) / len(val)
-
-    res = fit(net, train, cfg, loss, val_acc, desc, on_epoch)
-    return TrainResult(res.model, {"val_accuracy": res.metrics["val_score"]}, res.epochs_run, res.seconds)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ensdef.defenses.base import Defense, log_probs
-from ensdef.plans import Job, Op, Plan, decisions, required
+from ensdef.defenses.plans import Job, Op, Plan, decisions, required
 
 
 class SingleModel(Defense):

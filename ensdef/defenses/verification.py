@@ -4,24 +4,14 @@ target's label by soft vote (Eq. 4) or majority vote; disagreement repairs (team
 from __future__ import annotations
 
 from collections.abc import Generator, Sequence
-from enum import Enum
 
 import torch
 from torch import nn
 
 from ensdef.defenses.base import Defense, log_probs, plurality
-from ensdef.plans import Job, Op, Plan, Results, decisions, present, required, stacked
-from ensdef.teams import TeamSelection
-
-
-class VoteRule(str, Enum):
-    SOFT = "soft"  # argmax of the mean probability (MODEF Eq. 4)
-    MAJORITY = "majority"  # plurality of member labels, ties broken by the generator
-
-
-class OnDisagree(str, Enum):
-    REPAIR = "repair"  # answer the team's label, unflagged
-    FLAG = "flag"  # answer the team's label, flagged
+from ensdef.defenses.plans import Job, Op, Plan, Results, decisions, present, required, stacked
+from ensdef.diversity.teams import TeamSelection
+from ensdef.types import OnDisagree, VoteRule
 
 
 def team_vote(probs: torch.Tensor, rule: VoteRule, g: torch.Generator) -> torch.Tensor:

@@ -6,6 +6,8 @@ Every builder takes ``(input_shape, num_classes)`` and returns a :class:`UnitNet
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import nn
 
 from ensdef.models.layers import Normalize, UnitNet, conv_bn_relu, flat_dim, mnist_or_cifar
@@ -26,16 +28,28 @@ def _conv_relu(cin: int, cout: int, k: int = 3, pool: bool = False) -> nn.Sequen
     return nn.Sequential(*layers)
 
 
-def cw_cnn(shape: Shape, num_classes: int, dropout: float) -> UnitNet:
-    """The Carlini & Wagner 7-layer CNN (4 conv + 3 dense; seed 003 Table 1a)."""
-    c, fc = mnist_or_cifar(shape, 32, 64), mnist_or_cifar(shape, 200, 256)
-    feats = [
-        _norm(shape),
-        _conv_relu(shape[0], c),
-        _conv_relu(c, c, pool=True),
-        _conv_relu(c, 2 * c),
-        _conv_relu(2 * c, 2 * c, pool=True),
+def conv_stack(block: Callable[..., nn.Module], shape: Shape, widths: list[tuple[int, bool]]) -> list[nn.Module]:
+    """The input normalisation, then one ``block(cin, cout, pool=...)`` per ``(cout, pool)`` of ``widths``."""
+    layers: list[nn.Module] = [_norm(shape)]
+    cin = shape[0]
+    for cout, pool in widths:
+        layers.append(block(cin, cout, pool=pool))
+        cin = cout
+    return layers
+
+
+def dense_head(feats: list[nn.Module], shape: Shape, width: int, num_classes: int) -> list[nn.Module]:
+    """Two dense units after ``feats``: flatten, ``width`` ReLU units, dropout 0.3, the ``num_classes`` logits."""
+    return [
+        nn.Sequential(nn.Flatten(), nn.Linear(flat_dim(feats, shape), width), nn.ReLU(inplace=True)),
+        nn.Sequential(nn.Dropout(0.3), nn.Linear(width, num_classes)),
     ]
+
+
+def cw_cnn(shape: Shape, num_classes: int, dropout: float) -> UnitNet:
+    """The Carlini & Wagner 7-layer CNN (4 conv + 3 dense; Liang and Samavi 2021 Table 1a)."""
+    c, fc = mnist_or_cifar(shape, 32, 64), mnist_or_cifar(shape, 200, 256)
+    feats = conv_stack(_conv_relu, shape, [(c, False), (c, True), (2 * c, False), (2 * c, True)])
     head = [
         nn.Sequential(nn.Flatten(), nn.Linear(flat_dim(feats, shape), fc), nn.ReLU(inplace=True)),
         nn.Sequential(nn.Dropout(dropout), nn.Linear(fc, fc), nn.ReLU(inplace=True)),
@@ -44,7 +58,12 @@ def cw_cnn(shape: Shape, num_classes: int, dropout: float) -> UnitNet:
     return UnitNet(feats + head)
 
 
-@register("cw7", Kind.CLASSIFIER, CLASSIFIER_ROLES, "C&W 7-layer CNN, the target model of seeds 000/002")
+@register(
+    "cw7",
+    Kind.CLASSIFIER,
+    CLASSIFIER_ROLES,
+    "C&W 7-layer CNN, the target model of MODEF (Chow et al. 2019) and DeT (Li et al. 2019)",
+)
 def cw7(shape: Shape, num_classes: int) -> UnitNet:
     return cw_cnn(shape, num_classes, dropout=0.5)
 
@@ -56,11 +75,7 @@ def cnn4(shape: Shape, num_classes: int) -> UnitNet:
         nn.Sequential(nn.Conv2d(shape[0], 32, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2)),
         nn.Sequential(nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2)),
     ]
-    head = [
-        nn.Sequential(nn.Flatten(), nn.Linear(flat_dim(feats, shape), 256), nn.ReLU(inplace=True)),
-        nn.Sequential(nn.Dropout(0.3), nn.Linear(256, num_classes)),
-    ]
-    return UnitNet(feats + head)
+    return UnitNet(feats + dense_head(feats, shape, 256, num_classes))
 
 
 @register("cnn5", Kind.CLASSIFIER, CLASSIFIER_ROLES, "CNN-5: 3 conv-BN + 2 dense")
@@ -71,11 +86,7 @@ def cnn5(shape: Shape, num_classes: int) -> UnitNet:
         conv_bn_relu(32, 64, pool=True),
         conv_bn_relu(64, 128, pool=True),
     ]
-    head = [
-        nn.Sequential(nn.Flatten(), nn.Linear(flat_dim(feats, shape), 128), nn.ReLU(inplace=True)),
-        nn.Sequential(nn.Dropout(0.3), nn.Linear(128, num_classes)),
-    ]
-    return UnitNet(feats + head)
+    return UnitNet(feats + dense_head(feats, shape, 128, num_classes))
 
 
 @register("cnn6", Kind.CLASSIFIER, CLASSIFIER_ROLES, "CNN-6: 5 strided conv-BN + global pooling + dense")
@@ -125,13 +136,6 @@ def mlp(shape: Shape, num_classes: int) -> UnitNet:
 @register("vgg", Kind.CLASSIFIER, CLASSIFIER_ROLES + (Role.RLS,), "small VGG: 3 stages of conv-BN pairs")
 def vgg(shape: Shape, num_classes: int) -> UnitNet:
     w = mnist_or_cifar(shape, 32, 64)
-    feats = [
-        _norm(shape),
-        conv_bn_relu(shape[0], w),
-        conv_bn_relu(w, w, pool=True),
-        conv_bn_relu(w, 2 * w),
-        conv_bn_relu(2 * w, 2 * w, pool=True),
-        conv_bn_relu(2 * w, 4 * w, pool=True),
-    ]
+    feats = conv_stack(conv_bn_relu, shape, [(w, False), (w, True), (2 * w, False), (2 * w, True), (4 * w, True)])
     head = [nn.Sequential(nn.Flatten(), nn.Dropout(0.3), nn.Linear(flat_dim(feats, shape), num_classes))]
     return UnitNet(feats + head)

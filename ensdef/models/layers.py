@@ -31,7 +31,7 @@ class UnitNet(nn.Module):
     """A feed-forward network stored as an ordered list of *sampling units*.
 
     A unit is a conv with its norm and activation, a residual block, or the classifier head. Random layer
-    sampling (seed 001) composes unit ``l`` of sub-model ``r_l`` for every ``l``; any ``UnitNet`` built by
+    sampling (Lee et al. 2021) composes unit ``l`` of sub-model ``r_l`` for every ``l``; any ``UnitNet`` built by
     the same builder has compatible units. ``forward``: ``[B, C, H, W] -> [B, K]`` for classifiers.
     """
 

@@ -8,6 +8,8 @@ from enum import Enum
 
 from torch import nn
 
+from ensdef.errors import ConfigError
+from ensdef.registry import Registry
 from ensdef.types import Role
 
 Shape = tuple[int, int, int]
@@ -34,7 +36,7 @@ class ModelSpec:
     description: str
 
 
-MODELS: dict[str, ModelSpec] = {}
+MODELS: Registry[ModelSpec] = Registry("architecture")
 
 
 def register(
@@ -43,19 +45,14 @@ def register(
     """Decorator that adds a builder ``(input_shape, num_classes) -> nn.Module`` to :data:`MODELS`."""
 
     def deco(fn: Builder) -> Builder:
-        if name in MODELS:
-            raise ValueError(f"model {name!r} registered twice")
-        MODELS[name] = ModelSpec(name, kind, roles, input_shapes, fn, description)
+        MODELS.add(name, ModelSpec(name, kind, roles, input_shapes, fn, description))
         return fn
 
     return deco
 
 
 def get_spec(name: str) -> ModelSpec:
-    try:
-        return MODELS[name]
-    except KeyError:
-        raise KeyError(f"unknown architecture {name!r}; registered: {', '.join(sorted(MODELS))}") from None
+    return MODELS[name]
 
 
 def build(name: str, input_shape: Shape, num_classes: int = 10, **kwargs: object) -> nn.Module:
@@ -64,5 +61,5 @@ def build(name: str, input_shape: Shape, num_classes: int = 10, **kwargs: object
     spec = get_spec(name)
     shape = tuple(int(v) for v in input_shape)
     if shape not in spec.input_shapes:
-        raise ValueError(f"architecture {name!r} supports input shapes {spec.input_shapes}, not {shape}")
+        raise ConfigError(f"architecture {name!r} supports input shapes {spec.input_shapes}, not {shape}")
     return spec.builder(shape, num_classes, **kwargs)

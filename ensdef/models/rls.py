@@ -1,4 +1,4 @@
-"""Random layer sampling container (seed 001): M sub-models of one backbone split into L sampling units.
+"""Random layer sampling container (Lee et al. 2021): M sub-models of one backbone split into L sampling units.
 
 A *path* ``r`` ``[L]`` picks for every unit ``l`` the sub-model ``r_l`` whose unit runs; each unit's choice
 is drawn from ``Categorical(mu_l)`` (uniform by default), so M sub-models give M^L sampled networks.
@@ -17,6 +17,19 @@ from ensdef.rng import seeded
 from ensdef.types import Role
 
 
+def sample_paths(mu: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
+    """``[k, L]`` paths: per unit ``l`` a sub-model index drawn from ``Categorical(mu[l])`` (``mu`` ``[L, M]``),
+    with one CPU generator seeded from ``g`` (so the draw is the same whatever ``g``'s device)."""
+    cpu = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=g, device=g.device)))
+    return torch.stack([torch.multinomial(mu.cpu(), 1, generator=cpu).squeeze(1) for _ in range(k)])
+
+
+def uniform_mu(units: int, submodels: int) -> torch.Tensor:
+    """``[L, M]`` the default sampling distribution: every sub-model equally likely in every unit. ``mu`` is a
+    buffer that training never changes, so a stored RLS member's plan needs only its shape."""
+    return torch.full((units, submodels), 1.0 / submodels)
+
+
 class RLSNet(nn.Module):
     """``forward_path(x [B, C, H, W], path [L]) -> logits [B, K]``.
 
@@ -31,7 +44,7 @@ class RLSNet(nn.Module):
             raise ValueError(f"sub-models must have the same number of units, got {sorted(lengths)}")
         self.submodels = nn.ModuleList(submodels)
         m, l = len(submodels), lengths.pop()
-        self.register_buffer("mu", torch.full((l, m), 1.0 / m) if mu is None else mu / mu.sum(1, keepdim=True))
+        self.register_buffer("mu", uniform_mu(l, m) if mu is None else mu / mu.sum(1, keepdim=True))
 
     @property
     def num_units(self) -> int:
@@ -43,8 +56,7 @@ class RLSNet(nn.Module):
 
     def sample_paths(self, k: int, g: torch.Generator) -> torch.Tensor:
         """``[k, L]`` sub-model index per unit, each drawn from ``Categorical(mu_l)`` with ``g``."""
-        cpu = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=g, device=g.device)))
-        return torch.stack([torch.multinomial(self.mu.cpu(), 1, generator=cpu).squeeze(1) for _ in range(k)])
+        return sample_paths(self.mu, k, g)
 
     def forward_path(self, x: torch.Tensor, path: torch.Tensor | list[int]) -> torch.Tensor:
         for l, r in enumerate(path.tolist() if isinstance(path, torch.Tensor) else path):

@@ -1,4 +1,4 @@
-"""The temperature network of seed 003 (Table 1a): the C&W CNN with dropout 0.5, trained at T_l = 10 l."""
+"""The temperature network of Liang and Samavi 2021 (Table 1a): the C&W CNN with dropout 0.5, trained at T_l = 10 l."""
 
 from __future__ import annotations
 
@@ -8,6 +8,6 @@ from ensdef.models.registry import Kind, Shape, register
 from ensdef.types import Role
 
 
-@register("tempnet", Kind.CLASSIFIER, (Role.TEMPNET,), "seed 003 Table 1a network (C&W CNN, dropout 0.5)")
+@register("tempnet", Kind.CLASSIFIER, (Role.TEMPNET,), "Liang and Samavi 2021 Table 1a network (C&W CNN, dropout 0.5)")
 def tempnet(shape: Shape, num_classes: int) -> UnitNet:
     return cw_cnn(shape, num_classes, dropout=0.5)

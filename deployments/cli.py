@@ -1,0 +1,109 @@
+"""``ensdef serve``, registered by this layer under the ``ensdef.commands`` entry-point group (the library
+never imports Ray): connect to (or start) Ray, train what is missing when asked, deploy, print the endpoints."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ensdef.cli import render
+from ensdef.cli.command import Command, Result, csv, data_args, ray_args
+from ensdef.errors import ConfigError, NotTrained
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default=None)
+    p.add_argument("--store", default=None)
+    p.add_argument("--config", help="a Serve config YAML (deployments/serve.yaml); flags override its args")
+    p.add_argument("--defenses", help="comma-separated; default: every defense whose artifacts exist")
+    p.add_argument(
+        "--packing",
+        choices=["none", "pool", "ingress"],
+        default=None,
+        help="none: one actor per model; pool: one per pool; ingress: every member in the ingress replica",
+    )
+    p.add_argument("--admin-token", default=None)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=9000)
+    ray_args(p)
+    p.add_argument("--train-missing", action="store_true", help="train the preset's missing artifacts first")
+    p.add_argument(
+        "--proxy-location", choices=["EveryNode", "HeadOnly"], default=None, help="HeadOnly: nodes share a machine"
+    )
+    p.add_argument("--detach", action="store_true", help="return after deploying (needs --address: an external Ray)")
+    p.add_argument(
+        "--ingress",
+        choices=["proxy", "direct"],
+        default="proxy",
+        help="proxy: Serve's HTTP/gRPC proxies; direct: the ingress replicas listen themselves (one hop less; "
+        "a local Ray started here gets it, an external one needs RAY_SERVE_ENABLE_DIRECT_INGRESS=1)",
+    )
+    data_args(p)
+
+
+def _serve(a: argparse.Namespace) -> Result:
+    from deployments import launch
+    from deployments.config import load_serve_config
+    from deployments.settings import ServeSettings
+
+    args: dict[str, Any] = {}
+    http, grpc_port, proxies = {"host": a.host, "port": a.http_port}, a.grpc_port, "EveryNode"
+    if a.config:
+        cfg = load_serve_config(Path(a.config))
+        args = cfg.settings.to_dict()
+        http, grpc_port, proxies = {**http, **cfg.http}, cfg.grpc_port, cfg.proxy_location
+    for key, value in (
+        ("preset", a.preset),
+        ("store", a.store),
+        ("packing", a.packing),
+        ("admin_token", a.admin_token),
+    ):
+        if value is not None:
+            args[key] = value
+    if a.defenses:
+        args["defenses"] = list(csv(a.defenses) or ())
+    if a.detach and (a.address == "local" or not (a.address or os.environ.get("RAY_ADDRESS"))):
+        raise ConfigError(
+            "--detach needs the Ray cluster to deploy onto: --address ADDR, or --address auto for the one "
+            "`ray start --head` runs here (a Ray this command started would end with it)"
+        )
+    settings = ServeSettings.from_dict(args)
+    servable, missing = launch.survey(settings)
+    if missing and a.train_missing:
+        launch.train_missing(settings, a.data_root)
+        servable, missing = launch.survey(settings)
+    if missing and (settings.defenses or not servable):
+        raise NotTrained(
+            "missing artifacts (run with --train-missing, or `ensdef train`): "
+            + "; ".join(f"{k}: {v}" for k, v in missing.items())
+        )
+    with contextlib.redirect_stdout(sys.stderr):  # Ray's start-up lines; stdout stays the result
+        ingress = launch.IngressMode(a.ingress)
+        env = (
+            launch.direct_ingress_env(int(http["port"]), int(grpc_port))
+            if ingress is launch.IngressMode.DIRECT
+            else None
+        )
+        address = launch.connect(a.address, a.num_cpus, env)
+        ep = launch.deploy(
+            settings, http["host"], int(http["port"]), int(grpc_port), a.proxy_location or proxies, ingress, servable
+        )
+    out = {**ep.to_json(), "not_served": missing}
+    if a.detach:  # the application stays on the cluster after this process ends
+        return {**out, "detached": True, "ray_address": address}, 0
+    print(json.dumps(out, indent=2) if a.json else render(out), flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return {"stopped": True}, 0
+
+
+SERVE = Command("serve", "deploy every defense behind HTTP and gRPC on Ray Serve", _serve_args, _serve)

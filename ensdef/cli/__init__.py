@@ -1,0 +1,80 @@
+"""``ensdef`` command line: thin shells that parse arguments, call the library and print.
+
+Every command takes ``--json`` for machine-readable output on stdout; logs go to stderr. An expected error
+(:class:`~ensdef.errors.EnsdefError`) prints its message and exits 2; ``-v`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import traceback
+from typing import Any
+
+from ensdef.cli.command import Command, plugin_commands
+from ensdef.errors import EnsdefError
+from ensdef.registry import Registry
+
+__all__ = ["build_parser", "commands", "main"]
+
+
+def commands() -> Registry[Command]:
+    """The library's commands, then every installed layer's (a name taken twice is an error)."""
+    from ensdef.cli import library, studies
+
+    out: Registry[Command] = Registry("command")
+    for c in [*library.COMMANDS.values(), *studies.COMMANDS.values(), *plugin_commands()]:
+        out.add(c.name, c)
+    return out
+
+
+def build_parser(cmds: Registry[Command] | None = None) -> argparse.ArgumentParser:
+    cmds = cmds if cmds is not None else commands()
+    p = argparse.ArgumentParser(prog="ensdef", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging, and tracebacks with errors")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    groups: dict[str, Any] = {}
+    for c in cmds.values():
+        word, _, rest = c.name.partition(" ")
+        if rest:
+            if word not in groups:
+                groups[word] = sub.add_parser(word, help=f"{word} commands").add_subparsers(dest="sub", required=True)
+            sp = groups[word].add_parser(rest, help=c.help)
+        else:
+            sp = sub.add_parser(word, help=c.help)
+        sp.add_argument("--json", action="store_true", help="machine-readable output")
+        c.arguments(sp)
+        sp.set_defaults(command=c.name)
+    return p
+
+
+def render(result: Any) -> str:
+    if isinstance(result, list):
+        return "\n".join(render(r) for r in result)
+    if isinstance(result, dict):
+        return "  ".join(f"{k}={json.dumps(v) if isinstance(v, dict | list) else v}" for k, v in result.items())
+    return str(result)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cmds = commands()
+    args = build_parser(cmds).parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        result, code = cmds[args.command].run(args)
+    except (EnsdefError, ConnectionError) as e:
+        if args.verbose:
+            traceback.print_exc(file=sys.stderr)
+        if getattr(args, "json", False):
+            print(json.dumps({"error": str(e), "type": type(e).__name__}))
+        else:
+            print(f"ensdef: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2) if args.json else render(result))
+    return code

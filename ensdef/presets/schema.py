@@ -1,0 +1,272 @@
+"""The preset schema: which pools to train, with which architectures and settings, and how to evaluate them.
+Typed, frozen dataclasses; :func:`ensdef.presets.load_preset` builds them strictly from YAML."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ensdef.config import from_mapping, to_plain
+from ensdef.errors import ConfigError
+from ensdef.noise import NoiseKind
+from ensdef.types import (
+    Checkpoint,
+    CrossLayerMode,
+    DataShare,
+    GroupLossKind,
+    OnDisagree,
+    Optim,
+    TeamPolicy,
+    VoteRule,
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one model is trained. ``temperature`` divides the logits in the loss (Liang and Samavi 2021)."""
+
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: Optim = Optim.ADAM
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    cosine: bool = True  # cosine learning-rate decay over ``epochs``
+    patience: int = 5  # early stopping: epochs without a better validation score
+    checkpoint: Checkpoint = Checkpoint.BEST
+    shift: int = 0  # random translation augmentation, in pixels
+    rotate: float = 0.0  # random rotation augmentation, in degrees
+    temperature: float = 1.0
+    noise_sigma: float = 0.0  # Gaussian noise augmentation (x + sigma N(0, 1), unclipped), as for smoothing
+    clean_fraction: float = 0.0  # with noise_sigma: share of training images (drawn per image) left clean
+    seed: int = 0
+    device: str = "auto"  # "auto" picks CUDA when present
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.clean_fraction < 1.0:
+            raise ConfigError(f"train.clean_fraction must be in [0, 1), got {self.clean_fraction}")
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    architecture: str
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass(frozen=True)
+class VerifierPool:
+    architectures: tuple[str, ...]
+    train: TrainConfig = field(default_factory=TrainConfig)
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # architecture -> TrainConfig fields
+
+    def train_for(self, architecture: str) -> TrainConfig:
+        """The pool's training config with ``overrides[architecture]`` applied (keys checked)."""
+        ov = self.overrides.get(architecture, {})
+        return from_mapping(TrainConfig, {**to_plain(self.train), **ov}, f"verifiers.overrides.{architecture}")
+
+
+@dataclass(frozen=True)
+class DenoiserMember:
+    architecture: str
+    noise: NoiseKind
+    level: float
+
+
+@dataclass(frozen=True)
+class DenoiserPool:
+    members: tuple[DenoiserMember, ...]
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass(frozen=True)
+class ReformerPool:
+    architectures: tuple[str, ...]
+    noise_sigma: float = 0.1  # Gaussian noise the reformers are trained on (DeT)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass(frozen=True)
+class TempnetPool:
+    count: int = 10  # m
+    base_temperature: float = 10.0  # T_l = base * l
+    data: DataShare = DataShare.ALL
+    architecture: str = "tempnet"
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass(frozen=True)
+class RLSPool:
+    """Lee et al. 2021: M sub-models per backbone, K sampled networks per training step, N at inference."""
+
+    backbones: tuple[str, ...] = ("vgg",)
+    m: int = 2
+    k: int = 3
+    n: int = 10
+    loss: GroupLossKind = GroupLossKind.CE_MEAN
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(lr=0.01, optimizer=Optim.SGD, momentum=0.9, weight_decay=5e-4)
+    )
+
+
+@dataclass(frozen=True)
+class DeTConfig:
+    """Li et al. 2019: noise, preliminary reformer, hypercube samples, cross-training and list selection."""
+
+    sigma: float = 0.1  # Gaussian noise before the preliminary reformer
+    eps: float = 0.1  # hypercube sampling scale around the preliminary reconstruction
+    samples: int = 10  # n hypercube samples per input
+    list_size: int = 3
+    preliminary: str = "reformer-reformer_conv"
+    cross_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, batch_size=256))
+    max_accuracy_drop: float = 0.02  # list members keep classifier o R within this of the classifier alone
+    attack_images: int = 50  # L2 examples per reformer for the transferability matrix
+    transfer_attack: str = "cw_l2"  # "cw_l2" (the paper's) or "pgd_l2"
+    cw_confidence: float = 0.0
+    cw_max_iter: int = 50  # iterations of either attack
+    l2_eps: float = 2.0  # pgd_l2 budget
+
+
+@dataclass(frozen=True)
+class ModefConfig:
+    """MODEF team selection and voting (Chow et al. 2019)."""
+
+    min_team: int = 3
+    max_team: int = 5
+    kappa_threshold: float = 0.8  # teams with mean pairwise kappa below this form the kappa-ranked list
+    policy: TeamPolicy = TeamPolicy.RAND_KAPPA
+    vote: VoteRule = VoteRule.SOFT
+    on_disagree: OnDisagree = OnDisagree.REPAIR
+    cross_layer: CrossLayerMode = CrossLayerMode.MANY_TO_MANY
+    consensus: float = 0.5  # many-to-many: flagged unless more than this fraction of versions agree
+
+
+@dataclass(frozen=True)
+class NoisyVoteConfig:
+    """Liang and Samavi 2021: query-time noise, rank verification and certification."""
+
+    sigma: float = 0.5  # per-member query noise (MNIST 0.5, CIFAR-10 0.03)
+    alpha_rv: float = 0.05  # rank verification: p >= alpha_rv abstains
+    rank_verification: bool = True
+    n0: int = 100  # certification: selection samples
+    n: int = 1000  # certification: estimation samples
+    alpha: float = 0.001  # certification: failure probability of the Clopper-Pearson bound
+    batch_size: int = 500  # noisy samples per forward pass
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """MODEF Table V baselines of the target architecture, trained with ART (``ensdef train --pool baselines``)."""
+
+    methods: tuple[str, ...] = ("adv-training", "distillation")
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    adv_eps: float = 0.3  # PGD adversarial training budget (L-inf)
+    adv_eps_step: float = 0.1
+    adv_max_iter: int = 7
+    adv_ratio: float = 0.5  # fraction of every batch replaced by PGD examples
+    temperature: float = 50.0  # defensive distillation
+    seed: int = 11
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The evaluation harness (``ensdef evaluate``): attack set, threat models and their budgets.
+
+    ``budgets`` overrides the registry's parameters per attack name (e.g. fewer C&W iterations on CPU)."""
+
+    defenses: tuple[str, ...] = (
+        "target",
+        "adv-training",
+        "distillation",
+        "denoising",
+        "verification",
+        "modef-1tm",
+        "modef-mtm",
+        "noisy-vote",
+        "rls",
+        "det",
+    )
+    static_attacks: tuple[str, ...] = (
+        "fgsm",
+        "bim",
+        "cw_linf_ml",
+        "cw_linf_ll",
+        "cw_l2_ml",
+        "cw_l2_ll",
+        "cw_l0_ml",
+        "cw_l0_ll",
+        "jsma_ml",
+        "jsma_ll",
+        "deepfool",
+        "pgd",
+        "ead",
+    )
+    budgets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    per_class: int = 10  # attack set: first N correctly classified test images per class (MODEF: 10)
+    benign_n: int = 1000  # benign rows use the first benign_n test images
+    seed: int = 0
+    graybox_attack: str = "pgd"
+    adaptive_attack: str = "pgd"  # through the EOT surrogate, with a detector-aware target
+    adaptive_iter: int = 20
+    eot: int = 20  # surrogate samples per gradient step for randomized defenses
+    eps_curve: tuple[float, ...] = (0.1, 0.2, 0.3)  # adaptive robust accuracy against L-inf epsilon
+    superimpose: tuple[int, ...] = (2, 3)  # Liang and Samavi 2021: superimposed single-member examples
+    rls_samples: tuple[int, ...] = (1, 5, 10, 15)  # Lee et al. 2021 Table 4: attack the mean of n sampled networks
+    blackbox_attack: str = "square"  # gradient-masking check
+    blackbox_iter: int = 100
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """An ASHA hyper-parameter sweep over one pool: ``space`` maps TrainConfig fields to a range
+    (``{loguniform: [lo, hi]}``, ``{uniform: [lo, hi]}`` or ``{choice: [...]}``), ``samples`` per member."""
+
+    space: dict[str, dict[str, Any]] = field(default_factory=dict)
+    samples: int = 4
+    grace_period: int = 2  # epochs before ASHA may stop a trial
+    reduction_factor: int = 2
+
+
+@dataclass(frozen=True)
+class TeamSweepConfig:
+    """The Tune grid over MODEF's team selection, scored by validation DSR on a transfer-attack set."""
+
+    sizes: tuple[tuple[int, int], ...] = ((3, 5),)  # (min_team, max_team) pairs
+    thresholds: tuple[float, ...] = (0.6,)
+    policies: tuple[TeamPolicy, ...] = (TeamPolicy.RAND_KAPPA,)
+    modes: tuple[CrossLayerMode, ...] = (CrossLayerMode.ONE_TO_MANY, CrossLayerMode.MANY_TO_MANY)
+    attack: str = "fgsm"  # transfer attack on the target, cached in the store
+    images: int = 100  # validation images attacked (and as many benign ones)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TuneResources:
+    """Ray Tune settings: resources per trial (fractions allowed), concurrency, sweeps and the team grid."""
+
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    resources_per_trial: dict[str, float] = field(default_factory=dict)  # custom resources, e.g. {"gpu_slot": 0.1}
+    max_concurrent: int = 0  # 0: as many as the resources allow
+    sweeps: dict[str, SweepConfig] = field(default_factory=dict)  # pool name -> sweep
+    teams: TeamSweepConfig = field(default_factory=TeamSweepConfig)
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    dataset: str
+    target: ClassifierSpec
+    verifiers: VerifierPool
+    denoisers: DenoiserPool
+    reformers: ReformerPool
+    tempnets: TempnetPool
+    modef: ModefConfig = field(default_factory=ModefConfig)
+    noisy_vote: NoisyVoteConfig = field(default_factory=NoisyVoteConfig)
+    rls: RLSPool = field(default_factory=RLSPool)
+    det: DeTConfig = field(default_factory=DeTConfig)
+    baselines: BaselineConfig = field(default_factory=BaselineConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+    tune: TuneResources = field(default_factory=TuneResources)
+    data_root: str | None = None

@@ -1,0 +1,336 @@
+"""Pools of members a preset asks for: plan each member, train it, write it to the artifact store.
+
+``plan_pool`` turns a preset into :class:`MemberPlan` items (pure, cheap); ``train_member`` trains one
+plan and returns its artifact. The CLI loops over plans in process; the Tune layer runs one plan per
+trial. Both write the same manifests through the same store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from torch import nn
+
+from ensdef.config import from_mapping, to_plain
+from ensdef.data import Dataset, Split
+from ensdef.errors import ConfigError
+from ensdef.models import Kind, build, get_spec
+from ensdef.models.inference import accuracy, reconstruction_mse
+from ensdef.noise import NoiseKind, NoiseSpec
+from ensdef.presets import Preset, TrainConfig
+from ensdef.rng import make_generator, seeded
+from ensdef.store import ArtifactStore, Manifest
+from ensdef.training.loops import EpochHook, TrainResult, train_autoencoder, train_classifier
+from ensdef.types import DataShare, GroupLossKind, Role
+
+log = logging.getLogger(__name__)
+
+
+class Pool(str, Enum):
+    TARGET = "target"
+    VERIFIERS = "verifiers"
+    DENOISERS = "denoisers"
+    REFORMERS = "reformers"
+    TEMPNETS = "tempnets"
+    RLS = "rls"
+    BASELINES = "baselines"
+
+
+@dataclass(frozen=True)
+class DataSlice:
+    """Member ``index`` (from 0) of ``count``: which training images it sees under ``share``."""
+
+    index: int
+    count: int
+    share: DataShare
+
+    def indices(self, n: int) -> list[int]:
+        """Positions into a split of ``n`` images; slice ``i`` is every ``count``-th image from ``i``, so the
+        slices are disjoint, cover the split and keep its class balance when the split is shuffled."""
+        if self.share is DataShare.ALL:
+            return list(range(n))
+        own = self.share is DataShare.PARTITION
+        return [i for i in range(n) if (i % self.count == self.index) == own]
+
+    def apply(self, split: Split) -> Split:
+        return split if self.share is DataShare.ALL else split.subset(self.indices(len(split)))
+
+
+@dataclass(frozen=True)
+class MemberPlan:
+    """Everything needed to train one member; picklable, so a Tune trial can carry it."""
+
+    name: str
+    role: Role
+    architecture: str
+    train: TrainConfig
+    noise: NoiseSpec | None = None  # autoencoders: the corruption trained against
+    data: DataSlice | None = None  # None: the whole training split
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _target(p: Preset) -> list[MemberPlan]:
+    return [MemberPlan("target", Role.TARGET, p.target.architecture, p.target.train)]
+
+
+def _verifiers(p: Preset) -> list[MemberPlan]:
+    v = p.verifiers
+    return [MemberPlan(f"verifier-{a}", Role.VERIFIER, a, v.train_for(a)) for a in v.architectures]
+
+
+def _denoisers(p: Preset) -> list[MemberPlan]:
+    out = []
+    for m in p.denoisers.members:
+        spec = NoiseSpec(m.noise, m.level)
+        out.append(
+            MemberPlan(
+                f"denoiser-{m.architecture}-{spec.tag}",
+                Role.DENOISER,
+                m.architecture,
+                p.denoisers.train,
+                noise=spec,
+                extra={"noise": to_plain(spec)},
+            )
+        )
+    return out
+
+
+def _reformers(p: Preset) -> list[MemberPlan]:
+    spec = NoiseSpec(NoiseKind.GAUSSIAN, p.reformers.noise_sigma)
+    return [
+        MemberPlan(f"reformer-{a}", Role.REFORMER, a, p.reformers.train, noise=spec, extra={"noise": to_plain(spec)})
+        for a in p.reformers.architectures
+    ]
+
+
+def _tempnets(p: Preset) -> list[MemberPlan]:
+    t = p.tempnets
+    out = []
+    for l in range(1, t.count + 1):
+        temp = t.base_temperature * l
+        cfg = dataclasses.replace(t.train, temperature=temp, seed=t.train.seed + l)
+        out.append(
+            MemberPlan(
+                f"tempnet-{l:02d}",
+                Role.TEMPNET,
+                t.architecture,
+                cfg,
+                data=None if t.data is DataShare.ALL else DataSlice(l - 1, t.count, t.data),
+                extra={"temperature": temp, "index": l},
+            )
+        )
+    return out
+
+
+def _rls(p: Preset) -> list[MemberPlan]:
+    r = p.rls
+    return [
+        MemberPlan(
+            f"rls-{b}",
+            Role.RLS,
+            f"rls_{b}",
+            r.train,
+            extra={"build_kwargs": {"m": r.m}, "k": r.k, "n": r.n, "loss": r.loss.value, "backbone": b},
+        )
+        for b in r.backbones
+    ]
+
+
+def _baselines(p: Preset) -> list[MemberPlan]:
+    b = p.baselines
+    cfg = TrainConfig(epochs=b.epochs, batch_size=b.batch_size, lr=b.lr, seed=b.seed)
+    return [
+        MemberPlan(f"baseline-{m}", Role.BASELINE, p.target.architecture, cfg, extra={"method": m, **to_plain(b)})
+        for m in b.methods
+    ]
+
+
+PLANNERS: dict[Pool, Callable[[Preset], list[MemberPlan]]] = {
+    Pool.TARGET: _target,
+    Pool.VERIFIERS: _verifiers,
+    Pool.DENOISERS: _denoisers,
+    Pool.REFORMERS: _reformers,
+    Pool.TEMPNETS: _tempnets,
+    Pool.RLS: _rls,
+    Pool.BASELINES: _baselines,
+}
+
+
+def _det_post(preset: Preset, data: Dataset, store: ArtifactStore, skip_existing: bool) -> dict[str, Any]:
+    from ensdef.training.det import run_det_selection
+
+    return run_det_selection(preset, data, store, [p.name for p in _reformers(preset)], skip_existing)
+
+
+POST_STEPS: dict[Pool, Callable[[Preset, Dataset, ArtifactStore, bool], dict[str, Any]]] = {Pool.REFORMERS: _det_post}
+"""Work that needs a pool's trained members: DeT cross-training and reformer-list selection."""
+
+
+def plan_pool(preset: Preset, pool: Pool) -> list[MemberPlan]:
+    return PLANNERS[pool](preset)
+
+
+def _fit_classifier(
+    plan: MemberPlan, model: nn.Module, train: Split, data: Dataset, on_epoch: EpochHook | None = None
+) -> tuple[nn.Module, dict, TrainResult]:
+    res = train_classifier(model, train, data.val, plan.train, plan.name, on_epoch)
+    return res.model, {**res.metrics, "test_accuracy": accuracy(res.model, data.test)}, res
+
+
+def _fit_autoencoder(
+    plan: MemberPlan, model: nn.Module, train: Split, data: Dataset, on_epoch: EpochHook | None = None
+) -> tuple[nn.Module, dict, TrainResult]:
+    assert plan.noise is not None, f"{plan.name}: autoencoders need a noise spec"
+    res = train_autoencoder(model, train, data.val, plan.train, plan.noise, plan.name, on_epoch)
+    return (
+        res.model,
+        {
+            **res.metrics,
+            "test_mse_clean": reconstruction_mse(res.model, data.test),
+            "test_mse_noisy": reconstruction_mse(res.model, data.test, plan.noise, seed=1),
+        },
+        res,
+    )
+
+
+def _fit_rls(
+    plan: MemberPlan, model: nn.Module, train: Split, data: Dataset, on_epoch: EpochHook | None = None
+) -> tuple[nn.Module, dict, TrainResult]:
+    from ensdef.defenses.rls import RLSEnsemble
+    from ensdef.training.rls import train_rls
+
+    res = train_rls(
+        model,
+        train,
+        data.val,
+        plan.train,
+        plan.extra["k"],
+        GroupLossKind(plan.extra["loss"]),
+        plan.extra["n"],
+        plan.name,
+        on_epoch,
+    )
+    ens = RLSEnsemble(res.model, plan.extra["n"])
+    d = ens.decide(data.test.x, make_generator(0))
+    acc = sum(x.label == int(t) for x, t in zip(d, data.test.y, strict=True)) / len(data.test)
+    return res.model, {**res.metrics, "test_accuracy": acc, "test_interrater_agreement": ens.diversity(data.test)}, res
+
+
+def _fit_baseline(
+    plan: MemberPlan, model: nn.Module, train: Split, data: Dataset, on_epoch: EpochHook | None = None
+) -> tuple[nn.Module, dict, TrainResult]:
+    """ART's trainers run whole; ``on_epoch`` is called once at the end with the test accuracy."""
+    from ensdef.presets import BaselineConfig
+    from ensdef.training.baselines import BASELINES, Baseline
+
+    cfg = from_mapping(BaselineConfig, {k: v for k, v in plan.extra.items() if k != "method"}, plan.name)
+    res = BASELINES[Baseline(plan.extra["method"])](
+        lambda: build(plan.architecture, data.shape, data.num_classes), train, data.num_classes, cfg
+    )
+    acc = accuracy(res.model, data.test)
+    log.info("%s: test accuracy %.4f, %.0fs", plan.name, acc, res.seconds)
+    if on_epoch is not None:
+        on_epoch(cfg.epochs - 1, acc)
+    return res.model, {"test_accuracy": acc}, TrainResult(res.model, {}, cfg.epochs, res.seconds)
+
+
+Fitter = Callable[[MemberPlan, nn.Module, Split, Dataset, EpochHook | None], tuple[nn.Module, dict, TrainResult]]
+
+
+def _fitter(plan: MemberPlan) -> Fitter:
+    if plan.role is Role.RLS:
+        return _fit_rls
+    if plan.role is Role.BASELINE:
+        return _fit_baseline
+    return _fit_autoencoder if get_spec(plan.architecture).kind is Kind.AUTOENCODER else _fit_classifier
+
+
+def train_member(plan: MemberPlan, data: Dataset, store: ArtifactStore, on_epoch: EpochHook | None = None) -> Manifest:
+    """Train one planned member on ``data`` and save it; returns the stored manifest with test metrics.
+    ``on_epoch(epoch, validation score)`` follows training (Tune reports and early-stops through it)."""
+    with seeded(plan.train.seed):
+        model = build(plan.architecture, data.shape, data.num_classes, **plan.extra.get("build_kwargs", {}))
+    train = plan.data.apply(data.train) if plan.data else data.train
+    model, metrics, res = _fitter(plan)(plan, model, train, data, on_epoch)
+    metrics.update(epochs=res.epochs_run, seconds=round(res.seconds, 2), train_size=len(train))
+    return store.save_model(model, member_manifest(plan, data, metrics))
+
+
+def member_manifest(plan: MemberPlan, data: Dataset, metrics: dict[str, Any]) -> Manifest:
+    return Manifest(
+        name=plan.name,
+        role=plan.role,
+        architecture=plan.architecture,
+        dataset=data.name,
+        input_shape=tuple(data.shape),
+        num_classes=data.num_classes,
+        sha256="",
+        train_config=to_plain(plan.train),
+        metrics=metrics,
+        extra=manifest_extra(plan),
+    )
+
+
+def manifest_extra(plan: MemberPlan) -> dict[str, Any]:
+    """The manifest's ``extra`` for ``plan``: its own extras plus its training-data slice when it has one, so a
+    stored member records (and a resumed run can compare) which images it was trained on."""
+    return {**plan.extra, **({"data": to_plain(plan.data)} if plan.data else {})}
+
+
+def same_plan(m: Manifest, plan: MemberPlan) -> bool:
+    """Whether stored manifest ``m`` was trained from ``plan`` (architecture, training config, extra, data slice)."""
+    return (
+        m.architecture == plan.architecture
+        and _stored_train(m) == plan.train
+        and json.loads(json.dumps(m.extra)) == json.loads(json.dumps(to_plain(manifest_extra(plan))))
+    )
+
+
+def _stored_train(m: Manifest) -> TrainConfig | None:
+    """The manifest's training config with the defaults of fields added since it was stored (a new field's
+    default keeps the old behaviour), or None when it does not parse."""
+    try:
+        return from_mapping(TrainConfig, m.train_config, f"{m.name}.train_config")
+    except ConfigError:
+        return None
+
+
+def stored_as_planned(store: ArtifactStore, plan: MemberPlan) -> bool:
+    """Whether ``store`` holds ``plan.name``, its files verify, and it was trained from ``plan``: an artifact of
+    the same name trained with another preset (other epochs, seed, noise, data slice) is not kept."""
+    return store.exists(plan.name) and store.verify(plan.name).ok and same_plan(store.manifest(plan.name), plan)
+
+
+def train_pools(
+    preset: Preset, data: Dataset, store: ArtifactStore, pools: list[Pool], skip_existing: bool = False
+) -> dict[str, Any]:
+    """Train every member of ``pools`` (keeping, when ``skip_existing``, those stored from the same plan that
+    verify), then run the pools' post steps. Returns what was stored, with metrics."""
+    out, post = [], {}
+    for pool in pools:
+        for plan in plan_pool(preset, pool):
+            if skip_existing and stored_as_planned(store, plan):
+                m = store.manifest(plan.name)
+                log.info("%s: already trained with this plan, skipped", plan.name)
+            else:
+                if skip_existing and store.exists(plan.name):
+                    log.info("%s: stored with another plan or failing verification, trained again", plan.name)
+                m = train_member(plan, data, store)
+            out.append(
+                {
+                    "name": m.name,
+                    "pool": pool.value,
+                    "role": m.role.value,
+                    "architecture": m.architecture,
+                    "metrics": m.metrics,
+                }
+            )
+        if pool in POST_STEPS:
+            post[pool.value] = POST_STEPS[pool](preset, data, store, skip_existing)
+    return {"store": store.root, "preset": preset.name, "artifacts": out, "post": post}

@@ -1,0 +1,81 @@
+"""Serve's direct ingress (``ensdef serve --ingress direct``): clients connect to the ingress replica itself on
+the HTTP and gRPC ports asked for (no proxy hop), and get the same answers and the same input errors as
+through Serve's proxies.
+
+Direct ingress is fixed when Ray starts, so the service runs in a subprocess with its own local Ray
+(``--address local``); the test session's Ray is untouched."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import grpc
+import numpy as np
+import pytest
+import requests
+
+from cluster.local import LOCAL_ENV
+from ensdef.io.client import EnsdefClient, npy_body
+from tests.conftest import FIXTURES, free_port
+from tests.integration.test_serve import assert_served_as_in_process
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+TOKEN = "direct-token"
+
+
+def two_ranges() -> tuple[int, int]:
+    """Free HTTP and gRPC base ports at least 200 apart (each protocol's replica port range is 100 wide, and
+    Serve's fallback proxy sits above it)."""
+    while abs((http := free_port()) - (grpc_port := free_port())) < 200:
+        pass
+    return http, grpc_port
+
+
+@pytest.fixture(scope="module")
+def direct(tiny_store):
+    store, preset = tiny_store
+    http, grpc_port = two_ranges()
+    cmd = [sys.executable, "-m", "ensdef", "serve", "--preset", str(FIXTURES / "tiny.yaml"), "--store", store.root]
+    cmd += ["--defenses", "target,noisy-vote", "--ingress", "direct", "--address", "local", "--num-cpus", "2"]
+    cmd += ["--http-port", str(http), "--grpc-port", str(grpc_port), "--admin-token", TOKEN, "--json"]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, **LOCAL_ENV}
+    )
+    lines, deadline = [], time.monotonic() + 400
+    while time.monotonic() < deadline and proc.poll() is None:  # the endpoints, then it serves until SIGINT
+        lines.append(proc.stdout.readline())
+        if lines[-1].startswith("}"):
+            break
+    assert proc.poll() is None, f"ensdef serve exited: {''.join(lines)[-2000:]}"
+    ep = json.loads("".join(lines))
+    yield ep, (http, grpc_port), store, preset
+    proc.send_signal(signal.SIGINT)  # ends the service and the local Ray it started
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_direct_ingress_answers_like_in_process_on_the_ports_asked_for(direct, mnist5k) -> None:
+    ep, (http, grpc_port), store, preset = direct
+    assert ep["ingress"] == "direct"
+    assert ep["http"] == f"http://127.0.0.1:{http}" and ep["grpc"] == f"127.0.0.1:{grpc_port}"
+    x = mnist5k.test.x[::89][:5]
+    client = EnsdefClient(ep["grpc"], timeout_s=120)
+    try:
+        for defense in ("target", "noisy-vote"):
+            assert_served_as_in_process(ep["http"], client, TOKEN, store, preset, defense, x, 5)
+        assert client.defenses() == sorted(["target", "noisy-vote"])
+        bad = np.full((1, 1, 28, 28), np.nan, np.float32)
+        r = requests.post(f"{ep['http']}/v1/target/classify", json=npy_body(bad), timeout=60)
+        assert r.status_code == 422 and "NaN" in r.text, r.text
+        with pytest.raises(grpc.RpcError) as e:
+            client.classify("target", bad)
+        assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "NaN" in e.value.details()
+    finally:
+        client.close()

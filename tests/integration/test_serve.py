@@ -1,0 +1,275 @@
+"""The served defense graph on a real local Ray (2 CPUs) with Serve's HTTP and gRPC proxies, built from the
+tiny trained store: answers equal the in-process Decisions, bad inputs get their errors, and a killed member
+replica degrades the vote (or fails the request) and never yields an undegraded wrong answer."""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+import requests
+import torch
+
+from ensdef.defenses.registry import build_defense
+from ensdef.io.client import EnsdefClient
+from ensdef.rng import make_generator
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+TOKEN = "test-admin-token"
+log = logging.getLogger(__name__)
+
+
+@pytest.fixture(scope="module")
+def served(ray_serve, tiny_store):
+    from tests.conftest import serving_tiny
+
+    store, preset = tiny_store
+    one_tempnet_each = {"unpacked": ["tempnet"]}  # one replica per temperature network, so that one can be killed
+    limits = {"max_images": 8, "max_bytes": 200_000}
+    with serving_tiny(ray_serve, store.root, packing="pool", admin_token=TOKEN, **one_tempnet_each, **limits) as (
+        ep,
+        client,
+        _,
+    ):
+        yield ep, client, store, preset
+
+
+def post(ep, defense: str, body: dict | bytes, token: str | None = TOKEN, kind: str = "application/json"):
+    headers = {"Content-Type": kind, **({"X-Admin-Token": token} if token else {})}
+    data = body if isinstance(body, bytes) else __import__("json").dumps(body)
+    return requests.post(f"{ep.http}/v1/{defense}/classify", data=data, headers=headers, timeout=120)
+
+
+def in_process(store, preset, defense: str, x: torch.Tensor, seed: int) -> list[dict]:
+    return [d.to_json() for d in build_defense(defense, store, preset).decide(x, make_generator(seed))]
+
+
+ANSWER_FIELDS = ("label", "flagged", "abstained", "degraded")
+
+
+def assert_served_as_in_process(
+    http: str, client: EnsdefClient, token: str, store, preset, defense: str, x: torch.Tensor, seed: int
+) -> None:
+    """HTTP and gRPC answers for ``x`` with ``seed`` equal the in-process Decisions of ``defense``."""
+    want = in_process(store, preset, defense, x, seed)
+    r = requests.post(
+        f"{http}/v1/{defense}/classify",
+        json={"images": x.tolist(), "seed": seed},
+        headers={"X-Admin-Token": token},
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    assert [{k: a[k] for k in ANSWER_FIELDS} for a in r.json()["answers"]] == want, defense
+    assert [{k: a[k] for k in ANSWER_FIELDS} for a in client.classify(defense, x, token, seed)] == want, defense
+
+
+def test_http_and_grpc_answers_equal_in_process_decisions(served, mnist5k) -> None:
+    ep, client, store, preset = served
+    x = mnist5k.test.x[::97][:6]
+    assert len(ep.defenses) == 11
+    for defense in ep.defenses:
+        assert_served_as_in_process(ep.http, client, TOKEN, store, preset, defense, x, 11)
+    assert client.defenses() == ep.defenses
+
+
+def test_listing_health_openapi_and_diagnostics(served, mnist5k) -> None:
+    ep, _, _, _ = served
+    assert requests.get(f"{ep.http}/healthz", timeout=30).json()["status"] == "ok"
+    listing = requests.get(f"{ep.http}/v1/defenses", timeout=30).json()
+    assert listing["defenses"] == ep.defenses and listing["input"]["shape"] == [1, 28, 28]
+    assert "/v1/{defense}/classify" in requests.get(f"{ep.http}/openapi.json", timeout=30).json()["paths"]
+    x = mnist5k.test.x[:2].tolist()
+    plain = post(ep, "noisy-vote", {"images": x}, token=None).json()["answers"]
+    assert all("diagnostics" not in a for a in plain)
+    admin = post(ep, "noisy-vote", {"images": x}).json()["answers"]
+    assert all(sum(a["diagnostics"]["votes"]) == 3 and "p_value" in a["diagnostics"] for a in admin)
+    assert not any("logits" in str(a) for a in admin)
+
+
+def _npy(a: np.ndarray) -> str:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.mark.parametrize(
+    ("defense", "body", "kind", "token", "status", "message"),
+    [
+        ("target", {"images": np.zeros((1, 1, 28, 27)).tolist()}, "application/json", None, 422, "28, 27"),
+        ("target", {"images": np.zeros((1, 1, 1, 28, 28)).tolist()}, "application/json", None, 422, "rank 5"),
+        ("target", {"npy": _npy(np.zeros((1, 1, 28, 28), np.int64))}, "application/json", None, 422, "dtype int64"),
+        ("target", {"images": np.full((1, 1, 28, 28), 2.0).tolist()}, "application/json", None, 422, "[0, 1]"),
+        ("target", b'{"images": [[[NaN]]]}', "application/json", None, 422, "shape"),
+        ("target", {"npy": _npy(np.full((1, 1, 28, 28), np.nan, np.float32))}, "application/json", None, 422, "NaN"),
+        ("target", {"images": np.zeros((9, 1, 28, 28)).tolist()}, "application/json", None, 422, "limit of 8"),
+        ("target", {"npy": _npy(np.zeros((80, 1, 28, 28), np.float32))}, "application/json", None, 413, "bytes"),
+        ("magic", {"images": np.zeros((1, 1, 28, 28)).tolist()}, "application/json", None, 404, "unknown defense"),
+        ("target", b'{"images": [1, 2', "application/json", None, 422, "malformed JSON"),
+        ("target", b"definitely not a png", "image/png", None, 422, "not a readable image"),
+        ("target", b"x", "text/csv", None, 415, "content type"),
+        ("target", {"images": np.zeros((1, 1, 28, 28)).tolist(), "seed": 3}, "application/json", None, 403, "admin"),
+    ],
+)
+def test_bad_http_input_gets_a_4xx_with_a_message(served, defense, body, kind, token, status, message) -> None:
+    ep = served[0]
+    r = post(ep, defense, body, token=token, kind=kind)
+    assert r.status_code == status, r.text
+    assert message in r.json()["detail"]
+
+
+def test_png_upload_and_bad_grpc_input(served, mnist5k) -> None:
+    from PIL import Image
+
+    ep, client, store, preset = served
+    img = (mnist5k.test.x[0, 0].numpy() * 255).round().astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    r = post(ep, "target", buf.getvalue(), token=None, kind="image/png")
+    assert r.status_code == 200 and r.json()["answers"][0]["label"] in range(10)
+    bad = [
+        ("target", np.zeros((1, 1, 28, 27), np.float32), "28, 27"),
+        ("target", np.full((1, 1, 28, 28), np.inf, np.float32), "NaN or infinite"),
+        ("target", np.zeros((1, 1, 28, 28), np.int16), "dtype"),
+        ("target", np.zeros((9, 1, 28, 28), np.float32), "limit of 8"),
+        ("magic", np.zeros((1, 1, 28, 28), np.float32), "unknown defense"),
+    ]
+    for defense, a, message in bad:
+        with pytest.raises(grpc.RpcError) as e:
+            client.classify(defense, a)
+        assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT and message in e.value.details()
+    with pytest.raises(grpc.RpcError) as e:
+        client.classify("target", np.zeros((1, 1, 28, 28), np.float32), seed=1)
+    assert e.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert requests.get(f"{ep.http}/healthz", timeout=30).status_code == 200  # nothing crashed
+
+
+def test_killed_member_degrades_or_fails_never_wrong_and_recovers(served, mnist5k) -> None:
+    import ray
+
+    ep, _, store, preset = served
+    x = mnist5k.test.x[::131][:4]
+    want = {s: in_process(store, preset, "noisy-vote", x, s) for s in range(24)}
+    [victim] = [a for a in alive_actors(ep) if "member-tempnet-02" in (a.name or "")]
+
+    def ask(seed: int) -> tuple[int, int, list[dict]]:
+        r = post(ep, "noisy-vote", {"images": x.tolist(), "seed": seed})
+        return seed, r.status_code, r.json().get("answers", []) if r.status_code == 200 else []
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(ask, s) for s in range(24)]
+        time.sleep(0.3)
+        ray.kill(ray.get_actor(victim.name, namespace="serve"), no_restart=True)
+        outcomes = [f.result() for f in futures]
+    degraded = 0
+    for seed, status, answers in outcomes:
+        assert status in (200, 503), status
+        for a, w in zip(answers, want[seed], strict=True):
+            if a["degraded"]:
+                degraded += 1
+            else:  # a full vote must be exactly the in-process decision
+                assert {k: a[k] for k in w} == w
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:  # Serve replaces the replica; full votes resume
+        seed, status, answers = ask(5)
+        if status == 200 and not any(a["degraded"] for a in answers):
+            assert [{k: a[k] for k in w} for a, w in zip(answers, want[5], strict=True)] == want[5]
+            break
+        time.sleep(2)
+    else:
+        pytest.fail("full votes did not resume within 240 s of the kill")
+    # Whether a request meets the dead replica (degraded or 503) or waits for its replacement (full vote) depends
+    # on timing; the degraded path itself is pinned by test_plans and test_cluster. Here: never wrong.
+    log.info(
+        "after the member kill: %d degraded answers, %d of 24 requests 503",
+        degraded,
+        sum(status == 503 for _, status, _ in outcomes),
+    )
+
+
+SERVER_FAILURES = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.ABORTED,
+}
+
+
+def alive_actors(ep) -> list:
+    from ray.util.state import list_actors
+
+    return list_actors(ep.ray_address, filters=[("state", "=", "ALIVE")], limit=1000)  # this test's Ray
+
+
+def test_killed_ingress_replica_fails_cleanly_and_is_replaced(served, mnist5k) -> None:
+    """The ingress replica (HTTP and gRPC entry, the inline vote) dies under load: every request either gets
+    the exact in-process answer or an error status, none hangs, and Serve's replacement answers both protocols
+    exactly as before."""
+    import ray
+
+    ep, client, store, preset = served
+    x = mnist5k.test.x[::173][:3]
+    want = {s: in_process(store, preset, "noisy-vote", x, s) for s in range(16)}
+    [victim] = [a for a in alive_actors(ep) if "#Ingress#" in (a.name or "")]
+
+    def ask_http(seed: int) -> tuple[int, list[dict]]:
+        try:
+            r = post(ep, "noisy-vote", {"images": x.tolist(), "seed": seed})
+        except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError):
+            return 599, []  # the replica died mid-response: the proxy breaks the connection (a truncated body)
+        return r.status_code, r.json()["answers"] if r.status_code == 200 else []
+
+    def ask_grpc(seed: int) -> tuple[int, list[dict]]:
+        try:
+            return 200, client.classify("noisy-vote", x, TOKEN, seed)
+        except grpc.RpcError as e:  # a server-side failure, not a rejected input and not a client timeout (a hang)
+            assert e.code() in SERVER_FAILURES, (e.code(), e.details())
+            return 503, []
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(ask_http if s % 2 else ask_grpc, s) for s in range(16)]
+        time.sleep(0.3)
+        ray.kill(ray.get_actor(victim.name, namespace="serve"), no_restart=True)
+        outcomes = [(s, *f.result()) for s, f in enumerate(futures)]
+    log.info("around the ingress kill: statuses %s", sorted(status for _, status, _ in outcomes))
+    for seed, status, answers in outcomes:
+        assert status == 200 or status >= 500, (seed, status)
+        if status == 200:  # answered by the old replica before the kill or by its replacement: exact
+            assert [{k: a[k] for k in ANSWER_FIELDS} for a in answers] == want[seed], seed
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not healthy(ep, client):
+        time.sleep(2)
+    assert healthy(ep, client), "the ingress was not replaced within 240 s of the kill"
+    assert [a.name for a in alive_actors(ep) if "#Ingress#" in (a.name or "")] not in ([], [victim.name])
+    assert_served_as_in_process(ep.http, client, TOKEN, store, preset, "noisy-vote", x, 7)
+
+
+def healthy(ep, client: EnsdefClient) -> bool:
+    """Both protocols reach a live ingress replica."""
+    try:
+        return requests.get(f"{ep.http}/healthz", timeout=10).status_code == 200 and client.defenses() == ep.defenses
+    except (requests.RequestException, grpc.RpcError):
+        return False
+
+
+def test_metrics_reach_rays_prometheus_endpoint(served, ray_serve, mnist5k) -> None:
+    ep = served[0]
+    post(ep, "noisy-vote", {"images": mnist5k.test.x[:2].tolist()}, token=None, kind="application/json")
+    # Ray exports metrics every few seconds; other tests' defenses may have been exported already, so wait for
+    # exactly what is asserted: this defense's request counter and the client and member-batch series.
+    wanted = re.compile(r'^\w*ensdef_requests\w*\{[^}]*defense="noisy-vote"', re.MULTILINE)
+    deadline, text = time.monotonic() + 90, ""
+    while time.monotonic() < deadline:
+        text = requests.get(f"http://127.0.0.1:{ray_serve['metrics']}/metrics", timeout=30).text
+        if wanted.search(text) and "ensdef_client_queries" in text and "ensdef_member_batch_size" in text:
+            break
+        time.sleep(3)
+    assert wanted.search(text), "no ensdef_requests series for defense noisy-vote was exported"
+    assert "ensdef_client_queries" in text and "ensdef_member_batch_size" in text

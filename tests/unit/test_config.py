@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ensdef.config import from_mapping, to_plain
+from ensdef.errors import ConfigError
+from ensdef.noise import NoiseKind
+from ensdef.presets import PRESET_DIR, Preset, TrainConfig, load_preset
+from ensdef.types import Optim
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+def test_shipped_presets_load_and_round_trip(name: str) -> None:
+    p = load_preset(name)
+    assert isinstance(p, Preset) and p.name == name
+    assert from_mapping(Preset, to_plain(p)) == p
+    assert all(isinstance(m.noise, NoiseKind) for m in p.denoisers.members)
+
+
+def test_mnist5k_preset_has_the_pools_the_issue_asks_for() -> None:
+    p = load_preset("mnist5k")
+    assert p.target.architecture == "cw7"
+    assert len(set(p.verifiers.architectures)) >= 8
+    assert len({m.noise for m in p.denoisers.members}) >= 3
+    assert len(set(p.reformers.architectures)) == 3
+    assert p.tempnets.count == 10 and p.tempnets.train.noise_sigma == p.noisy_vote.sigma == 0.5
+    assert p.rls.train.optimizer is Optim.SGD and (p.rls.m, p.rls.k, p.rls.n) == (2, 3, 10)
+
+
+def test_unknown_key_is_rejected_with_its_name(tmp_path: Path) -> None:
+    data = yaml.safe_load((PRESET_DIR / "mnist5k.yaml").read_text())
+    data["verifiers"]["train"]["learning_rate"] = 0.1
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="unknown key 'learning_rate'.*") as e:
+        load_preset(f)
+    assert "verifiers.train" in str(e.value)
+
+
+def test_bad_enum_and_type_and_override_keys(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="'rmsprop' is not one of adam, sgd"):
+        from_mapping(TrainConfig, {"optimizer": "rmsprop"})
+    with pytest.raises(ConfigError, match="expected an integer"):
+        from_mapping(TrainConfig, {"epochs": "ten"})
+    data = yaml.safe_load((PRESET_DIR / "mnist5k.yaml").read_text())
+    data["verifiers"]["overrides"] = {"mlp": {"epoch": 3}}
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="verifiers.overrides.mlp: unknown key 'epoch'"):
+        load_preset(f)
+
+
+def test_missing_preset_lists_known_ones() -> None:
+    with pytest.raises(ConfigError, match="known presets: .*mnist5k"):
+        load_preset("imagenet-huge")

@@ -1,0 +1,34 @@
+"""Training-cost estimates (longest-first scheduling of parallel trials): every planned member of every pool
+gets a finite positive cost, and the ordering follows planned work."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+
+from ensdef.data import Dataset
+from ensdef.presets import load_preset
+from ensdef.training.cost import longest_first, training_costs
+from ensdef.training.pools import DataSlice, Pool, plan_pool
+from ensdef.types import DataShare
+from tests.conftest import FIXTURES
+
+
+@pytest.mark.parametrize("pool", list(Pool))
+def test_every_planned_member_has_a_positive_cost(pool: Pool, mnist5k: Dataset) -> None:
+    plans = plan_pool(load_preset(FIXTURES / "tiny.yaml"), pool)
+    assert plans
+    costs = training_costs(plans, mnist5k)
+    assert sorted(costs) == sorted(p.name for p in plans)
+    for name, c in costs.items():
+        assert math.isfinite(c) and c > 0, name
+
+
+def test_longest_first_follows_planned_work(mnist5k: Dataset) -> None:
+    (mlp,) = [p for p in plan_pool(load_preset("mnist5k"), Pool.VERIFIERS) if p.architecture == "mlp"]
+    short = dataclasses.replace(mlp, name="short", train=dataclasses.replace(mlp.train, epochs=1))
+    long = dataclasses.replace(mlp, name="long", train=dataclasses.replace(mlp.train, epochs=50))
+    part = dataclasses.replace(long, name="partitioned", data=DataSlice(0, 10, DataShare.PARTITION))  # a tenth
+    assert [p.name for p in longest_first([part, short, long], mnist5k)] == ["long", "partitioned", "short"]

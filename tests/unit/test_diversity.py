@@ -1,0 +1,68 @@
+"""Kappa, interrater agreement and team ranking against independent computations."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import cohen_kappa_score
+
+from ensdef.diversity.kappa import cohen_kappa, interrater_agreement, kappa_matrix, negative_mask, rank_teams
+
+labels = st.lists(st.integers(0, 4), min_size=2, max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_kappa_equals_sklearn(data) -> None:
+    a = np.array(data.draw(labels))
+    b = np.array(data.draw(st.lists(st.integers(0, 4), min_size=len(a), max_size=len(a))))
+    ref = cohen_kappa_score(a, b)
+    ours = cohen_kappa(a, b)
+    if math.isnan(ref):  # sklearn: 0/0 when both raters use one identical class
+        assert ours == 1.0
+    else:
+        assert abs(ours - ref) < 1e-9
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 10_000))
+def test_kappa_matrix_uses_negative_examples(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 5, 80)
+    preds = np.where(rng.random((4, 80)) < 0.7, y, rng.integers(0, 5, (4, 80)))
+    neg = negative_mask(preds, y)
+    assert neg.tolist() == [any(preds[m, i] != y[i] for m in range(4)) for i in range(80)]
+    km = kappa_matrix(preds, y)
+    for i, j in itertools.combinations(range(4), 2):
+        ref = cohen_kappa_score(preds[i, neg], preds[j, neg])
+        assert abs(km[i, j] - (1.0 if math.isnan(ref) else ref)) < 1e-9 and km[i, j] == km[j, i]
+
+
+def test_interrater_agreement_hand_worked() -> None:
+    # 3 members, 4 examples; correct counts l = [3, 2, 1, 0]; p = 6/12 = 0.5
+    y = np.array([0, 0, 0, 0])
+    preds = np.array([[0, 0, 0, 1], [0, 0, 1, 1], [0, 1, 1, 1]])
+    # 1 - (1/3) * (0 + 2 + 2 + 0) / (4 * 2 * 0.25) = 1 - (4/3) / 2 = 1/3
+    assert abs(interrater_agreement(preds, y) - 1 / 3) < 1e-12
+    assert interrater_agreement(np.array([[0, 1, 0, 1]] * 3), np.array([0, 0, 0, 0])) == 1.0
+
+
+def test_rank_teams_matches_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    k = rng.random((7, 7))
+    k = (k + k.T) / 2
+    ranked = rank_teams(k, 3, 4, threshold=0.5)
+    brute = sorted(
+        (np.mean([k[i, j] for i, j in itertools.combinations(t, 2)]), t)
+        for s in (3, 4)
+        for t in itertools.combinations(range(7), s)
+    )
+    brute = [(v, t) for v, t in brute if v < 0.5]
+    assert len(ranked) == len(brute)
+    assert np.allclose(ranked.mean_kappa, [v for v, _ in brute])
+    assert {ranked.team(i) for i in range(len(ranked))} == {t for _, t in brute}
+    assert np.all(np.diff(ranked.mean_kappa) >= 0)
