@@ -65,3 +65,39 @@ def adaptive_examples(
             "wrong class) and untargeted cross-entropy on the surrogate"
         )
     return adv, {"attack": attack, **params, "eot": samples, "objective": objective}
+
+
+def apgd_examples(
+    defense: Defense,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss: str,
+    overrides: dict[str, Any] | None,
+    eot: int,
+    seed: int,
+    targets: int = 0,
+    num_classes: int = 10,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """ART's APGD through the defense's EOT surrogate: untargeted with ``loss`` (``cross_entropy`` or
+    ``difference_logits_ratio``), or, with ``targets`` > 0, targeted at each of the surrogate's ``targets``
+    most likely wrong classes, keeping per image the candidate that does worst for the defense (its own
+    decisions, with a selection seed that is not the scoring seed)."""
+    params = {**attack_params("apgd", overrides), "loss": loss}
+    samples = eot if defense.randomized else 0
+    xs, ys = x.numpy(), y.numpy()
+    clf = art_classifier(EOTSurrogate(defense, samples, seed), tuple(x.shape[1:]), num_classes)
+    spec = ATTACKS["apgd"]
+    if targets <= 0:
+        adv = spec.build(clf, False, params).generate(x=xs, y=np.eye(num_classes, dtype=np.float32)[ys])
+        return adv.astype(np.float32), {"attack": "apgd", **params, "eot": samples, "targets": 0}
+    scores = clf.predict(xs)
+    scores[np.arange(len(ys)), ys] = -np.inf
+    ranked = np.argsort(-scores, axis=1)[:, :targets]  # [N, T] most likely wrong classes
+    candidates = [
+        spec.build(clf, True, params)
+        .generate(x=xs, y=np.eye(num_classes, dtype=np.float32)[ranked[:, t]])
+        .astype(np.float32)
+        for t in range(ranked.shape[1])
+    ]
+    adv = worst_case(defense, candidates, ys, seed + 11)
+    return adv, {"attack": "apgd", **params, "eot": samples, "targets": int(ranked.shape[1])}

@@ -106,7 +106,7 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eot", type=int, default=None, help="EOT samples per gradient step (adaptive)")
     p.add_argument("--adaptive-steps", type=int, default=None, help="steps of the adaptive attack")
     p.add_argument("--no-cache", action="store_true", help="recompute every cell (and write no cache)")
-    p.add_argument("--strict", action="store_true", help="exit 1 when a sanity check fails")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a sanity check fails or an indicator fires")
     device_arg(p)
     data_args(p)
 
@@ -142,11 +142,13 @@ def _evaluate(a: argparse.Namespace) -> Result:
     rep = harness.run()
     paths = report.write(rep, a.out)
     failed = [c for c in rep.extra["sanity"] if not c["passed"] and c["severity"] == "fail"]
+    fired = [c for c in rep.extra["sanity"] if not c["passed"] and c["name"].startswith("indicator:")]
     out = {
         "out": {k: str(v) for k, v in paths.items()},
         "sanity": "FAIL" if failed else "PASS",
         "failed_checks": failed,
+        "indicators_fired": fired,
         "cache": rep.extra["cache"],
         "summary": report.summary(rep),
     }
-    return out, 1 if failed and a.strict else 0
+    return out, 1 if (failed or fired) and a.strict else 0

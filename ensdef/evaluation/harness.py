@@ -24,26 +24,24 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ensdef.attacks.adaptive import adaptive_examples
 from ensdef.attacks.art_classifier import art_classifier
-from ensdef.attacks.cache import AttackCache, cache_key, module_digest
+from ensdef.attacks.cache import AttackCache, cache_key
 from ensdef.attacks.catalog import attack_params, run_attack
-from ensdef.attacks.eot import EOTSurrogate
 from ensdef.attacks.graybox import graybox_examples
-from ensdef.attacks.multi_sample import MeanOfNetworks
-from ensdef.attacks.superimpose import fooled_mask, superimpose
 from ensdef.data import Dataset, Split
 from ensdef.defenses.base import Defense
 from ensdef.defenses.registry import build_defense, load_target
-from ensdef.defenses.rls import RLSEnsemble
-from ensdef.evaluation.sanity import run_checks
-from ensdef.evaluation.scoring import attack_set_indices, score
+from ensdef.evaluation.adaptive_cells import AdaptiveCells
+from ensdef.evaluation.sanity import indicator_checks, run_checks
+from ensdef.evaluation.scoring import attack_set_indices, score, scored_cell
 from ensdef.evaluation.tables import kappa_table, transfer_table
+from ensdef.evaluation.worst_case import paired, worst_case
 from ensdef.presets import EvalConfig, Preset
-from ensdef.rng import make_generator
 from ensdef.store import ArtifactStore
+from ensdef.types import Role
 
 log = logging.getLogger(__name__)
+CELL_FORMAT = 2  # cached cells of an older format (no counts, intervals or per-image results) are made again
 
 
 class Threat(str, Enum):
@@ -75,8 +73,9 @@ class Report:
         return {"config": self.config, "rows": self.rows, "attacks": self.attacks, **self.extra}
 
 
-class Harness:
-    """Runs the cells of a preset's evaluation against a store. ``threats`` selects the threat models."""
+class Harness(AdaptiveCells):
+    """Runs the cells of a preset's evaluation against a store. ``threats`` selects the threat models; the
+    adaptive cells are :class:`~ensdef.evaluation.adaptive_cells.AdaptiveCells`."""
 
     def __init__(
         self,
@@ -101,6 +100,7 @@ class Harness:
         self.ref: Split = data.test.subset(self.idx)
         self.target_clf = art_classifier(target, data.shape, self.k)
         self.randomized: dict[str, bool] = {}
+        self.indicators: dict[str, list[dict[str, Any]]] = {}  # defense -> attack-failure indicators
 
     # --- helpers ---------------------------------------------------------------------------------------
     def budget(self, attack: str, **more: Any) -> dict[str, Any]:
@@ -109,7 +109,14 @@ class Harness:
     def _key(self, defense: str = "", **parts: Any) -> dict[str, Any]:
         """Cache key parts: the defense's artifact digest, the attack set, the seed and ``parts``."""
         fp = self.fingerprints.get(defense, self.target_sha)
-        return {"defense": defense, "artifacts": fp, "idx": self.idx, "seed": self.cfg.seed, **parts}
+        return {
+            "defense": defense,
+            "artifacts": fp,
+            "idx": self.idx,
+            "seed": self.cfg.seed,
+            "cells": CELL_FORMAT,
+            **parts,
+        }
 
     def examples(self, kind: str, parts: dict[str, Any], make: Callable[[], np.ndarray]) -> dict[str, torch.Tensor]:
         """Cached adversarial examples ``{"x": [N, C, H, W], "seconds": []}`` made by ``make``."""
@@ -124,7 +131,7 @@ class Harness:
     def cell(self, defense: Defense, name: str, adv: dict[str, torch.Tensor], extra: dict[str, Any]) -> dict:
         x_adv = adv["x"]
         return {
-            **score(defense, x_adv, self.ref.y, self.cfg.seed + 1).as_dict(),
+            **scored_cell(defense, x_adv, self.ref.y, self.ref.x, self.cfg.seed + 1),
             **distortion(self.ref.x.numpy(), x_adv.numpy()),
             "attack_seconds": round(float(adv["seconds"]), 2),
             **extra,
@@ -183,113 +190,6 @@ class Harness:
 
         return {f"graybox/{c.graybox_attack}": self.cached_cell(name, "graybox", parts, make)}
 
-    def _adaptive_cell(self, name: str, defense: Defense, eps: float, iters: int) -> dict[str, Any]:
-        """Adaptive attack at ``eps`` with ``iters`` steps of size 2.5 * eps_max / adaptive_iter (fixed, so
-        that doubling the iterations can only search further)."""
-        c = self.cfg
-        step = 2.5 * c.eps_curve[-1] / c.adaptive_iter
-        params = attack_params(
-            c.adaptive_attack, self.budget(c.adaptive_attack, eps=eps, eps_step=step, max_iter=iters)
-        )
-        objective = "worst of detector-aware and untargeted" if defense.can_flag else "untargeted"
-        parts = self._key(defense=name, attack=c.adaptive_attack, params=params, eot=c.eot, objective=objective)
-        info: dict[str, Any] = {}
-
-        def gen() -> np.ndarray:
-            adv, what = adaptive_examples(
-                defense, self.ref.x, self.ref.y, c.adaptive_attack, params, c.eot, c.seed, self.k
-            )
-            info.update(what)
-            return adv
-
-        def make() -> dict:
-            adv = self.examples("adaptive", parts, gen)
-            return self.cell(
-                defense,
-                "adaptive",
-                adv,
-                {"eps": eps, "max_iter": iters, "objective": objective, "eot": c.eot if defense.randomized else 0},
-            )
-
-        return self.cached_cell(name, "adaptive", parts, make)
-
-    def adaptive(self, name: str, defense: Defense) -> dict[str, dict[str, Any]]:
-        c = self.cfg
-        eps = c.eps_curve[-1]
-        out = {f"adaptive/{c.adaptive_attack}": self._adaptive_cell(name, defense, eps, c.adaptive_iter)}
-        out[f"adaptive/{c.adaptive_attack}-2x"] = self._adaptive_cell(name, defense, eps, 2 * c.adaptive_iter)
-        for e in c.eps_curve[:-1]:
-            out[f"adaptive/{c.adaptive_attack}@{e:g}"] = self._adaptive_cell(name, defense, e, c.adaptive_iter)
-        out[f"adaptive/{c.blackbox_attack}"] = self.blackbox(name, defense)
-        try:
-            members = defense.members(make_generator(c.seed))
-        except NotImplementedError:
-            members = []
-        if len(members) > 1:
-            for k in c.superimpose:
-                out[f"adaptive/superimpose-{k}"] = self.superimposition(name, defense, members, k)
-        if isinstance(defense, RLSEnsemble):
-            for n in c.rls_samples:
-                out[f"adaptive/rls-{n}-sampled"] = self.multi_sample(name, defense, n)
-        return out
-
-    def blackbox(self, name: str, defense: Defense) -> dict[str, Any]:
-        """ART's Square attack on the defense's output scores (one random draw per query)."""
-        c = self.cfg
-        params = attack_params(
-            c.blackbox_attack, self.budget(c.blackbox_attack, eps=c.eps_curve[-1], max_iter=c.blackbox_iter)
-        )
-        parts = self._key(defense=name, attack=c.blackbox_attack, params=params)
-
-        def make() -> dict:
-            def gen() -> np.ndarray:
-                clf = art_classifier(EOTSurrogate(defense, 1, c.seed), self.data.shape, self.k)
-                return run_attack(c.blackbox_attack, clf, self.ref.x.numpy(), self.ref.y.numpy(), params)
-
-            return self.cell(defense, "blackbox", self.examples("blackbox", parts, gen), {"attack": c.blackbox_attack})
-
-        return self.cached_cell(name, "blackbox", parts, make)
-
-    def superimposition(self, name: str, defense: Defense, members: list, k: int) -> dict[str, Any]:
-        """DeepFool on each of (at most) 5 members, the k smallest successful perturbations superimposed."""
-        pool = members[:5]
-        params = attack_params("deepfool", self.budget("deepfool"))
-        base = self._key(defense=name, attack="deepfool", params=params, pool=len(pool))
-
-        def one(m: torch.nn.Module) -> dict[str, torch.Tensor]:  # cached per member: shared by defenses and k
-            def run() -> dict[str, torch.Tensor]:
-                t0 = time.perf_counter()
-                clf = art_classifier(m.eval(), self.data.shape, self.k)
-                adv = run_attack("deepfool", clf, self.ref.x.numpy(), self.ref.y.numpy(), params)
-                return {"x": torch.from_numpy(adv), "seconds": torch.tensor(time.perf_counter() - t0)}
-
-            key = {"member": module_digest(m), "params": params, "idx": self.idx}
-            return self.cache.tensors("member-deepfool", key, run)
-
-        def make() -> dict:
-            runs = [one(m) for m in pool]
-            fooled = fooled_mask(pool, [r["x"] for r in runs], self.ref.y)
-            x_si = superimpose(self.ref.x.numpy(), [r["x"].numpy() for r in runs], fooled, k)
-            adv = {"x": torch.from_numpy(x_si), "seconds": sum(r["seconds"] for r in runs)}
-            return self.cell(defense, f"superimpose-{k}", adv, {"members": len(pool), "k": k})
-
-        return self.cached_cell(name, f"superimpose-{k}", {**base, "k": k}, make)
-
-    def multi_sample(self, name: str, defense: RLSEnsemble, n: int) -> dict[str, Any]:
-        c = self.cfg
-        params = attack_params(c.graybox_attack, self.budget(c.graybox_attack))
-        parts = self._key(defense=name, attack=c.graybox_attack, params=params, sampled=n)
-
-        def make() -> dict:
-            def gen() -> np.ndarray:
-                nets = defense.sampled_networks(n, make_generator(c.seed + n))
-                clf = art_classifier(MeanOfNetworks(nets), self.data.shape, self.k)
-                return run_attack(c.graybox_attack, clf, self.ref.x.numpy(), self.ref.y.numpy(), params)
-
-            return self.cell(defense, f"rls-{n}", self.examples("multisample", parts, gen), {"sampled": n})
-
-        return self.cached_cell(name, f"rls-{n}-sampled", parts, make)
-
     # --- whole run -------------------------------------------------------------------------------------
     def run(self, defenses: list[str] | None = None) -> Report:
         c = self.cfg
@@ -320,13 +220,25 @@ class Harness:
             log.info("%s: %d cells in %.0fs", name, len(report.rows[name]), time.perf_counter() - t0)
         if Threat.ADAPTIVE in self.threats:
             report.extra["unbounded"] = self.unbounded_target()
-        report.extra["kappa"] = kappa_table(self.store, self.data.test)
-        report.extra["transfer"] = transfer_table(
-            self.store, self.ref, c.graybox_attack, self.budget(c.graybox_attack), self.cache, self.k
-        )
+        worst = {d: worst_case(row, c.eps_curve[-1]) for d, row in report.rows.items()}
+        report.extra["worst_case"] = worst
+        report.extra["paired"] = paired(worst)
+        if self.store.by_role(Role.VERIFIER):  # MODEF's tables need the verifier pool
+            report.extra["kappa"] = kappa_table(self.store, self.data.test)
+            report.extra["transfer"] = transfer_table(
+                self.store, self.ref, c.graybox_attack, self.budget(c.graybox_attack), self.cache, self.k
+            )
         checks = run_checks(
-            report.rows, self.randomized, c.adaptive_attack, c.blackbox_attack, report.extra.get("unbounded")
+            report.rows,
+            self.randomized,
+            c.adaptive_attack,
+            c.blackbox_attack,
+            report.extra.get("unbounded"),
+            worst,
+            self.data.name,
         )
+        checks += indicator_checks(self.indicators, c.adaptive_attack)
+        report.extra["indicators"] = self.indicators
         report.extra["sanity"] = [ch.as_dict() for ch in checks]
         report.extra["cache"] = {"hits": self.cache.hits, "misses": self.cache.misses}
         report.extra["artifacts"] = self.fingerprints

@@ -1,4 +1,5 @@
-"""Defense outcome metrics (MODEF section II): per example one of four outcomes, and their rates.
+"""Defense outcome metrics (MODEF section II): per example one of four outcomes, and their rates, each with
+its count and a 95% Clopper-Pearson interval (:mod:`ensdef.evaluation.stats`).
 
 An abstention (label ``ABSTAIN``) counts as flagged and not correct: the defense declined to answer.
 """
@@ -7,10 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from ensdef.evaluation.stats import interval
 from ensdef.types import ABSTAIN, Decision, Outcome, outcomes
+
+RATE_KEYS = ("psr", "tsr", "dsr", "fp", "wrong_unflagged", "accuracy", "flag_rate", "abstain")
 
 
 @dataclass(frozen=True)
@@ -37,10 +42,14 @@ class Rates:
     def flag_rate(self) -> float:
         return self.fp + self.tsr
 
-    def as_dict(self) -> dict[str, float]:
-        """Every rate by name (the report's columns), with ``n``."""
-        keys = ("n", "psr", "tsr", "dsr", "fp", "wrong_unflagged", "accuracy", "flag_rate", "abstain")
-        return {k: getattr(self, k) for k in keys}
+    def as_dict(self) -> dict[str, Any]:
+        """``n``, then every rate by name (the report's columns) with ``<rate>_count`` (images) and
+        ``<rate>_ci`` (its 95% Clopper-Pearson interval)."""
+        out: dict[str, Any] = {"n": self.n}
+        for k in RATE_KEYS:
+            count = round(getattr(self, k) * self.n)
+            out.update({k: getattr(self, k), f"{k}_count": count, f"{k}_ci": list(interval(count, self.n))})
+        return out
 
 
 def rates(decisions: Sequence[Decision], y: Sequence[int] | np.ndarray) -> Rates:

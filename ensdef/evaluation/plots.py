@@ -18,11 +18,15 @@ def curve(
     xlabel: str,
     ylabel: str,
     title: str,
+    intervals: Mapping[str, Sequence[Sequence[float]]] | None = None,
 ) -> Path:
-    """One line per series ``name -> (xs, ys)``."""
+    """One line per series ``name -> (xs, ys)``; ``intervals[name]`` (one ``[low, high]`` per point) draws
+    error bars."""
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
     for name, (xs, ys) in series.items():
-        ax.plot(xs, ys, marker="o", label=name)
+        ci = (intervals or {}).get(name)
+        err = None if ci is None else np.abs(np.array(ci, dtype=float).T - np.array(ys, dtype=float))
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=name)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title, ylim=(0, 1.02))
     ax.grid(alpha=0.3)
     ax.legend()

@@ -11,10 +11,26 @@ import numpy as np
 from ensdef.evaluation.harness import Report
 from ensdef.evaluation.plots import curve, heatmap
 
-COLUMNS = ("accuracy", "psr", "tsr", "dsr", "fp", "abstain", "wrong_unflagged", "l0", "l2", "linf", "attack_seconds")
+COLUMNS = (
+    "accuracy",
+    "accuracy_count",
+    "accuracy_ci",
+    "psr",
+    "tsr",
+    "dsr",
+    "fp",
+    "abstain",
+    "wrong_unflagged",
+    "l0",
+    "l2",
+    "linf",
+    "attack_seconds",
+)
 
 
 def _f(v: Any) -> str:
+    if isinstance(v, list | tuple) and all(isinstance(x, float) for x in v):
+        return "[" + ", ".join(f"{x:.3f}" for x in v) + "]"
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
@@ -23,19 +39,34 @@ def _mean(row: dict[str, dict[str, Any]], prefix: str, key: str = "accuracy") ->
     return float(np.mean(vals)) if vals else None
 
 
+def _ci(v: list[float] | None) -> str | None:
+    return None if v is None else f"[{v[0]:.3f}, {v[1]:.3f}]"
+
+
 def summary(report: Report) -> list[dict[str, Any]]:
-    """One line per defense: benign accuracy and flag rate, mean static accuracy and DSR, the worst static
-    accuracy, gray-box, adaptive (and its unflagged-wrong rate), black-box and superimposition accuracy."""
+    """One line per defense, the worst case first: worst-case robust accuracy (correct and answered under
+    every attack within the budget) with its count and 95% interval, and the worst-case defended rate (correct,
+    or flagged / abstained); then clean accuracy, flag and abstain rates; then the static, gray-box, adaptive,
+    black-box and superimposition figures."""
     ev = report.config["evaluation"]
     a, b = f"adaptive/{ev['adaptive_attack']}", f"adaptive/{ev['blackbox_attack']}"
+    worst = report.extra.get("worst_case", {})
     out = []
     for d, row in report.rows.items():
         static = [c["accuracy"] for k, c in row.items() if k.startswith("static/")]
+        w = worst.get(d) or {}
         out.append(
             {
                 "defense": d,
+                "worst_robust": w.get("robust"),
+                "worst_robust_count": f"{w['robust_count']}/{w['n']}" if w else None,
+                "worst_robust_ci": _ci(w.get("robust_ci")),
+                "worst_defended": w.get("defended"),
+                "worst_attacks": len(w.get("attacks", [])) if w else None,
                 "benign_acc": row["benign"]["accuracy"],
+                "benign_acc_ci": _ci(row["benign"].get("accuracy_ci")),
                 "benign_flag": row["benign"]["flag_rate"],
+                "benign_abstain": row["benign"]["abstain"],
                 "static_acc_mean": _mean(row, "static/"),
                 "static_dsr_mean": _mean(row, "static/", "dsr"),
                 "static_acc_worst": min(static) if static else None,
@@ -78,16 +109,34 @@ def markdown(report: Report) -> str:
         keys = list(rows[0])
         lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
         lines += ["| " + " | ".join(_f(r[k]) if r[k] is not None else "-" for k in keys) + " |" for r in rows]
+    pairs = report.extra.get("paired", [])
+    if pairs:
+        sig = [p for p in pairs if p["significant"]]
+        lines += [
+            "",
+            "## Paired comparisons (worst-case robustness, exact McNemar, same images)",
+            "",
+            f"{len(sig)} of {len(pairs)} pairs differ significantly (p < 0.05).",
+            "",
+            "| a | b | only a robust | only b robust | p | significant |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {p['a']} | {p['b']} | {p['only_a']} | {p['only_b']} | {p['p_value']:.3g} | {p['significant']} |"
+            for p in pairs
+        ]
     if report.attacks:
         lines += [
             "",
             "## Static attack set (made on the target)",
             "",
-            "| attack | target ASR | L-inf | L2 | L0 | seconds |",
-            "|---|---|---|---|---|---|",
+            "| attack | target ASR | L-inf | L2 | L0 | seconds | parameters |",
+            "|---|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| {a} | {i['target_asr']:.2f} | {i['linf']:.3f} | {i['l2']:.2f} | {i['l0']:.3f} | {i['seconds']} |"
+            f"| {a} | {i['target_asr']:.2f} | {i['linf']:.3f} | {i['l2']:.2f} | {i['l0']:.3f} | {i['seconds']} | "
+            + ", ".join(f"{k}={v}" for k, v in i["params"].items())
+            + " |"
             for a, i in report.attacks.items()
         ]
     for d, row in report.rows.items():
@@ -104,14 +153,21 @@ def write(report: Report, out: str | Path) -> dict[str, Path]:
     paths["md"].write_text(markdown(report))
     ev = report.config["evaluation"]
     eps = ev["eps_curve"]
-    series = {}
+    series, intervals = {}, {}
     for d, row in report.rows.items():
         keys = [f"adaptive/{ev['adaptive_attack']}@{e:g}" for e in eps[:-1]] + [f"adaptive/{ev['adaptive_attack']}"]
         if all(k in row for k in keys):
             series[d] = (list(eps), [row[k]["accuracy"] for k in keys])
+            if all("accuracy_ci" in row[k] for k in keys):
+                intervals[d] = [row[k]["accuracy_ci"] for k in keys]
     if series:
         paths["eps"] = curve(
-            out / "robust_accuracy_eps.png", series, "L-inf epsilon", "robust accuracy", "adaptive attack"
+            out / "robust_accuracy_eps.png",
+            series,
+            "L-inf epsilon",
+            "robust accuracy (95% interval)",
+            "adaptive attack",
+            intervals,
         )
     for key, title in (("transfer", "transferability (row: source, col: victim)"), ("kappa", "pairwise kappa")):
         if key in report.extra:

@@ -1,11 +1,14 @@
-"""Sanity checks of an evaluation report (docs/evaluation.md, "What an honest number needs"), each marked pass or fail.
+"""Sanity checks of an evaluation report (the evaluation rules of docs/architecture.md), each pass or not:
 
 - the undefended target falls to at most ``max_target_acc`` under the adaptive L-inf PGD at the full budget;
 - an unbounded PGD (eps 1) fools the target on every image;
 - robust accuracy does not rise when the adaptive attack's iterations double (beyond the decision noise of
   a randomized defense: one image, plus two binomial standard errors when randomized);
 - randomized defenses were attacked with at least ``min_eot`` EOT samples per gradient step;
-- a black-box attack beating the white-box adaptive attack warns of gradient masking.
+- a black-box attack beating the white-box adaptive attack warns of gradient masking;
+- plausibility: the undefended target's worst case over every attack is at most ``max_target_worst``, and a
+  defense at or above ``implausible`` worst-case robust accuracy at L-inf 0.3 on MNIST is flagged (the
+  published record is 96.3%, Gowal et al. 2020): check the attack before believing it.
 """
 
 from __future__ import annotations
@@ -48,10 +51,14 @@ def run_checks(
     adaptive: str,
     blackbox: str,
     unbounded: dict[str, Any] | None,
+    worst: dict[str, dict[str, Any] | None] | None = None,
+    dataset: str = "",
     max_target_acc: float = 0.02,
     min_eot: int = 20,
+    max_target_worst: float = 0.01,
+    implausible: float = 0.99,
 ) -> list[Check]:
-    checks: list[Check] = []
+    checks: list[Check] = plausibility(worst or {}, dataset, max_target_worst, implausible)
     main, doubled, bb = f"adaptive/{adaptive}", f"adaptive/{adaptive}-2x", f"adaptive/{blackbox}"
     if "target" in rows and main in rows["target"]:
         a = _acc(rows["target"][main])
@@ -92,3 +99,50 @@ def run_checks(
                 )
             )
     return checks
+
+
+def plausibility(
+    worst: dict[str, dict[str, Any] | None], dataset: str, max_target_worst: float, implausible: float
+) -> list[Check]:
+    """The worst-case checks: the target must fall; a defense above the published MNIST record is suspect."""
+    checks = []
+    w = worst.get("target")
+    if w is not None:
+        checks.append(
+            Check(
+                "target-worst-case",
+                "target",
+                w["robust"] <= max_target_worst,
+                f"undefended target worst-case robust accuracy {w['robust']:.3f} ({w['robust_count']}/{w['n']}) "
+                f"over {len(w['attacks'])} attacks (must be <= {max_target_worst})",
+            )
+        )
+    if dataset.startswith("mnist"):
+        for d, w in worst.items():
+            if w is not None and w["eps"] >= 0.3 - 1e-9:
+                checks.append(
+                    Check(
+                        "implausible",
+                        d,
+                        w["robust"] < implausible,
+                        f"worst-case robust accuracy {w['robust']:.3f} at L-inf {w['eps']:g}"
+                        + ("" if w["robust"] < implausible else ": above the published MNIST record, check the attack"),
+                        "warning",
+                    )
+                )
+    return checks
+
+
+def indicator_checks(found: dict[str, list[dict[str, Any]]], attack: str) -> list[Check]:
+    """One warning per attack-failure indicator that fired (``ensdef evaluate --strict`` fails on them)."""
+    return [
+        Check(
+            f"indicator:{i['name']}",
+            d,
+            not i["fired"],
+            f"adaptive {attack} on {d}: {i['detail']} (share {i['share']:.2f}, threshold {i['threshold']:.2f})",
+            "warning",
+        )
+        for d, items in found.items()
+        for i in items
+    ]

@@ -3,6 +3,8 @@ defense scoring over batches with a replayable generator."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -29,3 +31,20 @@ def attack_set(target: nn.Module, test: Split, per_class: int, num_classes: int 
 
 def score(defense: Defense, x: torch.Tensor, y: torch.Tensor, seed: int, batch_size: int = 50) -> Rates:
     return rates(decide_all(defense, x, seed, batch_size), y.numpy())
+
+
+def scored_cell(
+    defense: Defense, x: torch.Tensor, y: torch.Tensor, ref: torch.Tensor, seed: int, batch_size: int = 50
+) -> dict[str, Any]:
+    """A report cell for images ``x`` ``[N, C, H, W]`` made from ``ref`` (true labels ``y``): the rates with
+    counts and intervals, and per image (in order) whether the defense was ``correct`` (right label, not
+    abstained), ``flagged`` (flagged or abstained) and the perturbation's L-inf size (``linf``), so that
+    attacks can be combined per image (worst case) and defenses compared on the same images."""
+    decisions = decide_all(defense, x, seed, batch_size)
+    labels = y.tolist()
+    per_image = {
+        "correct": [d.label == t and not d.abstained for d, t in zip(decisions, labels, strict=True)],
+        "flagged": [d.flagged or d.abstained for d in decisions],
+        "linf": (x - ref).flatten(1).abs().amax(1).tolist(),
+    }
+    return {**rates(decisions, y.numpy()).as_dict(), "per_image": per_image}

@@ -215,6 +215,11 @@ class EvalConfig:
     rls_samples: tuple[int, ...] = (1, 5, 10, 15)  # Lee et al. 2021 Table 4: attack the mean of n sampled networks
     blackbox_attack: str = "square"  # gradient-masking check
     blackbox_iter: int = 100
+    # AutoAttack-grade adaptive cells (Croce and Hein 2020) through the EOT surrogate: APGD with cross-entropy,
+    # and targeted APGD with the DLR loss at each of the ``apgd_targets`` most likely wrong classes
+    apgd_iter: int = 100
+    apgd_restarts: int = 1
+    apgd_targets: int = 3
 
 
 @dataclass(frozen=True)

@@ -64,3 +64,66 @@ def test_second_run_reads_the_cache(evaluated, tmp_path: Path) -> None:
     again = json.loads((tmp_path / "report.json").read_text())
     assert again["cache"]["misses"] == 0 and again["cache"]["hits"] > 0
     assert again["rows"] == rep["rows"]
+
+
+def _intervals(node, path=""):  # noqa: ANN001, ANN202
+    """Every ``(path, count, n, interval)`` in a report: a ``<rate>_ci`` beside its ``<rate>_count`` and ``n``."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k.endswith("_ci") and f"{k[:-3]}_count" in node and "n" in node:
+                yield f"{path}/{k}", node[f"{k[:-3]}_count"], node["n"], v
+            else:
+                yield from _intervals(v, f"{path}/{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _intervals(v, f"{path}[{i}]")
+
+
+def test_every_interval_in_the_report_is_clopper_pearson_of_its_count(evaluated) -> None:
+    """Recomputed independently from the counts with scipy's beta quantiles (the closed form)."""
+    from scipy.stats import beta
+
+    _, _, _, rep = evaluated
+    found = list(_intervals(rep))
+    assert len(found) > 100
+    for path, k, n, (lo, hi) in found:
+        want_lo = 0.0 if k == 0 else beta.ppf(0.025, k, n - k + 1)
+        want_hi = 1.0 if k == n else beta.ppf(0.975, k + 1, n - k)
+        assert abs(lo - want_lo) < 1e-6 and abs(hi - want_hi) < 1e-6, path
+
+
+def test_the_worst_case_leads_and_is_no_better_than_any_attack_in_the_budget(evaluated) -> None:
+    _, out, _, rep = evaluated
+    for d, w in rep["worst_case"].items():
+        assert w is not None and w["attacks"], d
+        for cell in w["attacks"]:
+            assert w["robust"] <= rep["rows"][d][cell]["accuracy"] + 1e-9, (d, cell)
+            assert max(rep["rows"][d][cell]["per_image"]["linf"]) <= 0.3 + 1e-4
+        assert {"adaptive/pgd", "adaptive/apgd-ce", "adaptive/apgd-dlr-targeted"} <= set(w["attacks"])
+        outside = [
+            k for k, c in rep["rows"][d].items() if "per_image" in c and max(c["per_image"]["linf"]) > 0.3 + 1e-4
+        ]
+        assert not set(outside) & set(w["attacks"])  # unbounded attacks beyond the budget are not combined
+        assert w["robust"] <= w["defended"]
+    assert ("target-worst-case", "target") in {(c["name"], c["defense"]) for c in rep["sanity"]}
+    summary = (out / "report.md").read_text().split("## Summary", 1)[1]
+    assert summary.split("\n")[2].startswith("| defense | worst_robust | worst_robust_count | worst_robust_ci")
+    pairs = rep["paired"]
+    assert len(pairs) == len(DEFENSES) * (len(DEFENSES) - 1) // 2
+
+
+def test_a_store_with_only_the_target_and_baselines_evaluates(tiny_store, tmp_path: Path) -> None:
+    """A subset of defenses and threats needs only their pools (no verifier tables without verifiers)."""
+    import shutil
+
+    from ensdef.store import ArtifactStore
+
+    store, _ = tiny_store
+    sub = ArtifactStore(tmp_path / "store")
+    for name in ("target", "baseline-adv-training", "baseline-distillation"):
+        shutil.copytree(Path(store.root) / name, Path(sub.root) / name)
+    argv = ["evaluate", "--preset", str(FIXTURES / "tiny.yaml"), "--store", sub.root, "--out", str(tmp_path / "r")]
+    argv += ["--defenses", "target,adv-training", "--threats", "adaptive", "--json"]
+    assert main(argv) == 0
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert set(rep["rows"]) == {"target", "adv-training"} and "transfer" not in rep
