@@ -46,3 +46,7 @@ class QuorumLost(EnsdefError, RuntimeError):
 
 class InvalidModel(EnsdefError, ValueError):
     """A model a user brings does not fit (wrong outputs, shape or architecture)."""
+
+
+class NotInstalled(EnsdefError, RuntimeError):
+    """An optional layer (the Ray layers of ``serve``, ``tune``, ``evaluate --workers``) is not installed."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 
 
@@ -68,6 +69,21 @@ def seeded(seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(int(seed))
         yield
+
+
+@contextlib.contextmanager
+def seeded_libraries(seed: int) -> Iterator[None]:
+    """Run a block with torch's and numpy's process-wide RNGs seeded from ``seed``, restoring both after.
+
+    For library code that draws from them and takes no generator (ART's random starts and restarts use
+    ``np.random``): the block gives the same result whatever ran before it, in this process or another."""
+    state = np.random.get_state()
+    np.random.seed(int(seed) % 2**32)
+    try:
+        with seeded(int(seed) % 2**63):
+            yield
+    finally:
+        np.random.set_state(state)
 
 
 def spawn_seeds(g: torch.Generator, k: int) -> list[int]:

@@ -71,6 +71,7 @@ def apgd_examples(
     defense: Defense,
     x: torch.Tensor,
     y: torch.Tensor,
+    *,
     loss: str,
     overrides: dict[str, Any] | None,
     eot: int,

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ensdef.rng import seeded_libraries
 from ensdef.store import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,9 @@ def module_digest(model: torch.nn.Module) -> str:
 
 
 class AttackCache:
-    """Get-or-make for tensors and JSON results. ``enabled=False`` always makes (and never writes)."""
+    """Get-or-make for tensors and JSON results. ``enabled=False`` always makes (and never writes). ``make``
+    runs with torch's and numpy's global RNGs seeded from the key, so a result depends on its key only, not
+    on what ran before it in the process (or on which worker ran it)."""
 
     def __init__(self, store: ArtifactStore, enabled: bool = True) -> None:
         self.store, self.enabled = store, enabled
@@ -52,12 +55,14 @@ class AttackCache:
         load: Callable[[str], Any],
         save: Callable[[str, Any], Any],
     ) -> Any:
-        name = f"cache-{kind}-{cache_key({'kind': kind, **parts})}"
+        key = cache_key({"kind": kind, **parts})
+        name = f"cache-{kind}-{key}"
         if self.enabled and has(name):
             self.hits += 1
             return load(name)
         self.misses += 1
-        out = make()
+        with seeded_libraries(int(key, 16)):  # ART's random starts draw from np.random: same key, same result
+            out = make()
         if self.enabled:
             save(name, out)
         return out

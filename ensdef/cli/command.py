@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
+from ensdef.errors import NotInstalled
 from ensdef.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,14 @@ def plugin_commands() -> list[Command]:
             continue
         out += loaded if isinstance(loaded, list) else [loaded]
     return out
+
+
+def plugin(group: str, name: str) -> Any:
+    """The object an installed layer registers as ``name`` in entry-point group ``group``."""
+    found = [ep for ep in entry_points(group=group) if ep.name == name]
+    if not found:
+        raise NotInstalled(f"no {group} entry named {name!r}: is its layer installed (pip install ensdef)?")
+    return found[0].load()
 
 
 # --- options shared by commands -----------------------------------------------------------------------

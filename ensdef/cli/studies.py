@@ -7,7 +7,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-from ensdef.cli.command import Command, Result, command, csv, data_args, device_arg, preset_store
+from ensdef.cli.command import Command, Result, command, csv, data_args, device_arg, plugin, preset_store
 from ensdef.registry import Registry
 
 COMMANDS: Registry[Command] = Registry("command")
@@ -107,6 +107,10 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adaptive-steps", type=int, default=None, help="steps of the adaptive attack")
     p.add_argument("--no-cache", action="store_true", help="recompute every cell (and write no cache)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a sanity check fails or an indicator fires")
+    p.add_argument("--workers", type=int, default=None, help="defense rows as Ray tasks on a new local Ray, N at once")
+    p.add_argument("--address", default=None, help="defense rows as Ray tasks on the Ray cluster at ADDR")
+    p.add_argument("--task-cpus", type=float, default=1.0, help="CPUs per Ray task (with --workers or --address)")
+    p.add_argument("--task-gpus", type=float, default=0.0, help="GPUs per Ray task (members then run on CUDA)")
     device_arg(p)
     data_args(p)
 
@@ -115,7 +119,7 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
 def _evaluate(a: argparse.Namespace) -> Result:
     from ensdef.config import ConfigError
     from ensdef.evaluation import report
-    from ensdef.evaluation.harness import Harness, Threat
+    from ensdef.evaluation.harness import Harness, HarnessSpec, Threat
     from ensdef.presets.budgets import check_attacks
 
     preset, data, store = _preset_data(a)
@@ -139,7 +143,11 @@ def _evaluate(a: argparse.Namespace) -> Result:
     except ValueError:
         raise ConfigError(f"--threats {a.threats!r}: choose from {', '.join(t.value for t in Threat)}") from None
     harness = Harness(store, preset, data, cfg, threats, use_cache=not a.no_cache, device=_device(a))
-    rep = harness.run()
+    runner = None
+    if a.workers or a.address:
+        spec = HarnessSpec(store.root, preset, cfg, threats, not a.no_cache, str(_device(a)))
+        runner = plugin("ensdef.runners", "ray")(spec, a.address, a.workers, a.task_cpus, a.task_gpus)
+    rep = harness.run(runner=runner)
     paths = report.write(rep, a.out)
     failed = [c for c in rep.extra["sanity"] if not c["passed"] and c["severity"] == "fail"]
     fired = [c for c in rep.extra["sanity"] if not c["passed"] and c["name"].startswith("indicator:")]

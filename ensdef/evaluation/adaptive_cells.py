@@ -113,7 +113,17 @@ class AdaptiveCells:
         info: dict[str, Any] = {}
 
         def gen() -> np.ndarray:
-            adv, what = apgd_examples(defense, self.ref.x, self.ref.y, loss, params, c.eot, c.seed, targets, self.k)
+            adv, what = apgd_examples(
+                defense,
+                self.ref.x,
+                self.ref.y,
+                loss=loss,
+                overrides=params,
+                eot=c.eot,
+                seed=c.seed,
+                targets=targets,
+                num_classes=self.k,
+            )
             info.update(what)
             return adv
 

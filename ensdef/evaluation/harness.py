@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -28,7 +28,7 @@ from ensdef.attacks.art_classifier import art_classifier
 from ensdef.attacks.cache import AttackCache, cache_key
 from ensdef.attacks.catalog import attack_params, run_attack
 from ensdef.attacks.graybox import graybox_examples
-from ensdef.data import Dataset, Split
+from ensdef.data import Dataset, Split, load_dataset
 from ensdef.defenses.base import Defense
 from ensdef.defenses.registry import build_defense, load_target
 from ensdef.evaluation.adaptive_cells import AdaptiveCells
@@ -71,6 +71,46 @@ class Report:
 
     def to_json(self) -> dict[str, Any]:
         return {"config": self.config, "rows": self.rows, "attacks": self.attacks, **self.extra}
+
+
+@dataclass(frozen=True)
+class DefenseResult:
+    """One defense's row of cells and what the report needs beside it (computed wherever the row ran)."""
+
+    name: str
+    row: dict[str, dict[str, Any]]
+    fingerprint: str  # digest of the artifacts the defense is built from (its cache key)
+    randomized: bool
+    indicators: list[dict[str, Any]]
+
+
+RowRunner = Callable[[Sequence[str]], list[DefenseResult]]
+"""Computes the rows of the named defenses, in that order (in this process, or as Ray tasks: ``tasks/``)."""
+
+
+@dataclass(frozen=True)
+class HarnessSpec:
+    """Everything a process needs to build the same :class:`Harness` (picklable: sent to Ray workers)."""
+
+    store: str
+    preset: Preset
+    cfg: EvalConfig
+    threats: tuple[Threat, ...]
+    use_cache: bool = True
+    device: str = "cpu"
+
+    def build(self) -> Harness:
+        data = load_dataset(self.preset.dataset, self.preset.data_root)
+        return Harness(
+            ArtifactStore(self.store), self.preset, data, self.cfg, self.threats, self.use_cache, self.device
+        )
+
+
+def defense_result(spec: HarnessSpec, name: str) -> DefenseResult:
+    """Build the harness from ``spec`` and compute defense ``name``'s row (a Ray task's body). The static set
+    is read from the store's cache when the driver made it first."""
+    h = spec.build()
+    return h.evaluate_defense(name, h.static_set() if Threat.STATIC in h.threats else {})
 
 
 class Harness(AdaptiveCells):
@@ -190,8 +230,14 @@ class Harness(AdaptiveCells):
 
         return {f"graybox/{c.graybox_attack}": self.cached_cell(name, "graybox", parts, make)}
 
+    def evaluate_defense(self, name: str, static: dict[str, dict[str, torch.Tensor]]) -> DefenseResult:
+        row = self.defense_row(name, static)
+        return DefenseResult(name, row, self.fingerprints[name], self.randomized[name], self.indicators.get(name, []))
+
     # --- whole run -------------------------------------------------------------------------------------
-    def run(self, defenses: list[str] | None = None) -> Report:
+    def run(self, defenses: list[str] | None = None, runner: RowRunner | None = None) -> Report:
+        """Every cell of ``defenses`` (default: the config's); ``runner`` computes the rows elsewhere (the same
+        figures for the same seeds: every cell depends on its own seeds only), else they run here in order."""
         c = self.cfg
         names = list(defenses or c.defenses)
         report = Report(
@@ -214,10 +260,19 @@ class Harness(AdaptiveCells):
                 "n": len(self.ref),
                 "params": attack_params(a, self.budget(a)),
             }
-        for name in tqdm(names, desc="defenses", disable=None):
-            t0 = time.perf_counter()
-            report.rows[name] = self.defense_row(name, static)
-            log.info("%s: %d cells in %.0fs", name, len(report.rows[name]), time.perf_counter() - t0)
+        if runner is None:
+            results = []
+            for name in tqdm(names, desc="defenses", disable=None):
+                t0 = time.perf_counter()
+                results.append(self.evaluate_defense(name, static))
+                log.info("%s: %d cells in %.0fs", name, len(results[-1].row), time.perf_counter() - t0)
+        else:
+            results = runner(names)
+        for r in results:
+            report.rows[r.name] = r.row
+            self.fingerprints[r.name], self.randomized[r.name] = r.fingerprint, r.randomized
+            if r.indicators:
+                self.indicators[r.name] = r.indicators
         if Threat.ADAPTIVE in self.threats:
             report.extra["unbounded"] = self.unbounded_target()
         worst = {d: worst_case(row, c.eps_curve[-1]) for d, row in report.rows.items()}

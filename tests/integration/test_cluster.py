@@ -161,3 +161,33 @@ def test_multi_node_placement_tune_spread_and_node_loss(cluster, tiny_store, tmp
             break
         assert time.monotonic() < deadline, f"no recovery: {r.status_code} {r.text[:300]}"
         time.sleep(2)
+
+
+def _rates(rows: dict) -> dict:
+    """Every cell's decisions-derived figures (rates, counts, intervals, per-image outcomes), without timings
+    and float distortions (those move in the last bits with a worker's thread count)."""
+    keep = ("_count", "_ci", "accuracy", "psr", "tsr", "dsr", "fp", "abstain", "wrong_unflagged", "flag_rate", "n")
+    return {
+        d: {c: {k: v for k, v in cell.items() if k.endswith(keep) or k in keep} for c, cell in row.items()}
+        for d, row in rows.items()
+    }
+
+
+def test_evaluation_rows_run_as_ray_tasks_on_several_nodes(cluster, tiny_store, tmp_path: Path) -> None:
+    """``ensdef evaluate --address``: one task per defense row, spread over the nodes (state API), and the
+    same figures as the rows computed in process with the same seeds."""
+    store, _ = tiny_store
+    defenses = "target,rls,noisy-vote,det"
+    common = ["--preset", str(FIXTURES / "tiny.yaml"), "--store", store.root, "--defenses", defenses]
+    common += ["--threats", "adaptive", "--no-cache"]
+    ensdef("evaluate", *common, "--out", str(tmp_path / "spread"), "--address", cluster.address,
+           "--task-cpus", "0.25")  # fmt: skip
+    tasks = [t for t in cluster.state("tasks") if str(t.get("name", "")).startswith("evaluate:")]
+    done = {t["name"]: t["node_id"] for t in tasks if t["state"] == "FINISHED"}
+    assert set(done) == {f"evaluate:{d}" for d in defenses.split(",")}, done
+    assert len(set(done.values())) > 1, f"every row ran on one node: {done}"
+    ensdef("evaluate", *common, "--out", str(tmp_path / "here"))
+    spread = json.loads((tmp_path / "spread" / "report.json").read_text())
+    here = json.loads((tmp_path / "here" / "report.json").read_text())
+    assert _rates(spread["rows"]) == _rates(here["rows"])
+    assert spread["worst_case"] == here["worst_case"]
