@@ -1,6 +1,7 @@
 """The adaptive cells of the evaluation harness: attacks through the whole defense at the full budget (PGD
 with EOT and the detector-aware objective, its doubled-iteration check and epsilon curve, APGD with
-cross-entropy and targeted DLR, Square on the defense's scores), Liang and Samavi (2021)'s superimposition,
+cross-entropy and targeted DLR, Square on the defense's scores, HopSkipJump on its decisions),
+Liang and Samavi (2021)'s superimposition,
 Lee et al. (2021)'s multi-sample attack on RLS, and the attack-failure indicators. A mixin of
 :class:`~ensdef.evaluation.harness.Harness`, whose caching and scoring it uses."""
 
@@ -16,6 +17,7 @@ from ensdef.attacks.adaptive import adaptive_examples, apgd_examples
 from ensdef.attacks.art_classifier import art_classifier
 from ensdef.attacks.cache import module_digest
 from ensdef.attacks.catalog import attack_params, run_attack
+from ensdef.attacks.decisions import DecisionAttack
 from ensdef.attacks.eot import EOTSurrogate
 from ensdef.attacks.multi_sample import MeanOfNetworks
 from ensdef.attacks.superimpose import fooled_mask, superimpose
@@ -75,6 +77,8 @@ class AdaptiveCells:
         out["adaptive/apgd-ce"] = self.apgd_cell(name, defense, "cross_entropy", 0)
         out["adaptive/apgd-dlr-targeted"] = self.apgd_cell(name, defense, "difference_logits_ratio", c.apgd_targets)
         out[f"adaptive/{c.blackbox_attack}"] = self.blackbox(name, defense)
+        if c.decision_iter > 0:
+            out["adaptive/hopskipjump-decisions"] = self.decision_cell(name, defense)
         try:
             members = defense.members(make_generator(c.seed))
         except NotImplementedError:
@@ -149,6 +153,30 @@ class AdaptiveCells:
             return self.cell(defense, "blackbox", self.examples("blackbox", parts, gen), {"attack": c.blackbox_attack})
 
         return self.cached_cell(name, "blackbox", parts, make)
+
+    def decision_cell(self, name: str, defense: Defense) -> dict[str, Any]:
+        """HopSkipJump on the defense's decisions, as a query-only client sees them, projected onto the budget."""
+        c = self.cfg
+        params = attack_params(
+            "hopskipjump",
+            self.budget(
+                "hopskipjump",
+                max_iter=c.decision_iter,
+                max_eval=c.decision_evals,
+                init_eval=max(1, min(100, c.decision_evals // 2)),
+            ),
+        )
+        eps = c.eps_curve[-1]
+        parts = self._key(defense=name, attack="hopskipjump", params=params, eps=eps)
+
+        def make() -> dict:
+            def gen() -> np.ndarray:
+                return DecisionAttack(eps, params, c.seed, self.k)(defense, self.ref.x, self.ref.y)[0]
+
+            adv = self.examples("decisions", parts, gen)
+            return self.cell(defense, "decisions", adv, {"attack": "hopskipjump", "sees": "decisions", **params})
+
+        return self.cached_cell(name, "decisions", parts, make)
 
     def superimposition(self, name: str, defense: Defense, members: list, k: int) -> dict[str, Any]:
         """DeepFool on each of (at most) 5 members, the k smallest successful perturbations superimposed."""

@@ -220,6 +220,9 @@ class EvalConfig:
     apgd_iter: int = 100
     apgd_restarts: int = 1
     apgd_targets: int = 3
+    # a query-only attacker on the served decisions (HopSkipJump; 0 iterations: no such cell)
+    decision_iter: int = 10
+    decision_evals: int = 200  # gradient-estimation queries per iteration
 
 
 @dataclass(frozen=True)
