@@ -19,14 +19,17 @@ from ray import serve
 from ray.serve.metrics import Histogram
 
 from ensdef.defenses.plans import Job, Op, noisy_input, run_job
+from ensdef.models.inference import resolve_device
 from ensdef.store import ArtifactStore
 
 log = logging.getLogger(__name__)
 
 
 def replica_device() -> torch.device:
-    """CUDA when Ray gave this replica a GPU, else CPU."""
-    return torch.device("cuda") if ray.get_gpu_ids() and torch.cuda.is_available() else torch.device("cpu")
+    """The replica's device, from its Ray resource grant: CUDA when Ray gave it a GPU share (Ray then makes
+    only the granted GPUs visible), the CPU otherwise. Ray leaves a replica without a share seeing every GPU
+    of its node, so the grant, not ``torch.cuda.is_available()``, decides."""
+    return resolve_device("auto" if ray.get_gpu_ids() else "cpu")
 
 
 def _prepared(job: Job, device: torch.device) -> Job:

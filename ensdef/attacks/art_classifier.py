@@ -26,10 +26,12 @@ def art_classifier(
     num_classes: int,
     lr: float | None = None,
     loss: nn.Module | None = None,
+    device: torch.device | None = None,
 ) -> PyTorchClassifier:
     """ART view of ``model`` (``[B, C, H, W]`` in [0, 1] -> logits ``[B, K]``), clip values (0, 1), on the
-    model's own device. ``lr`` adds an Adam optimizer so ART can train it; ``loss`` replaces cross-entropy."""
-    dev = model_device(model)
+    model's own device (``device`` for a model that holds no tensors). ``lr`` adds an Adam optimizer so ART can
+    train it; ``loss`` replaces cross-entropy."""
+    dev = model_device(model, device)
     opt = torch.optim.Adam(model.parameters(), lr=lr) if lr is not None else None
     return PyTorchClassifier(
         model=_Float32(model).eval(),

@@ -31,31 +31,24 @@ class DecisionAttack:
     def __call__(self, defense: Defense, x: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, dict[str, Any]]:
         """``[N, C, H, W]`` examples within the budget of ``x`` (true labels ``y``) found from decisions alone,
         and what was run (parameters, queries)."""
-        return decision_examples(defense, x, y, self)
+        eps, num_classes, seed = self.eps, self.num_classes, self.seed
+        params = attack_params("hopskipjump", self.overrides)
+        draws = itertools.count()
+        queries = 0
+        out = []
+        for xi, yi in zip(x.numpy(), y.tolist(), strict=True):
 
+            def predict(batch: np.ndarray, yi: int = yi) -> np.ndarray:
+                nonlocal queries
+                queries += len(batch)
+                g = make_generator(seed * 1_000_003 + next(draws), x.device)
+                decisions = defense.decide(torch.from_numpy(np.asarray(batch, dtype=np.float32)), g)
+                labels = [yi if d.flagged or d.abstained else d.label for d in decisions]
+                return np.eye(num_classes, dtype=np.float32)[labels]
 
-def decision_examples(
-    defense: Defense, x: torch.Tensor, y: torch.Tensor, a: DecisionAttack
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """See :class:`DecisionAttack`."""
-    eps, overrides, seed, num_classes = a.eps, a.overrides, a.seed, a.num_classes
-    params = attack_params("hopskipjump", overrides)
-    draws = itertools.count()
-    queries = 0
-    out = []
-    for xi, yi in zip(x.numpy(), y.tolist(), strict=True):
-
-        def predict(batch: np.ndarray, yi: int = yi) -> np.ndarray:
-            nonlocal queries
-            queries += len(batch)
-            g = make_generator(seed * 1_000_003 + next(draws), x.device)
-            decisions = defense.decide(torch.from_numpy(np.asarray(batch, dtype=np.float32)), g)
-            labels = [yi if d.flagged or d.abstained else d.label for d in decisions]
-            return np.eye(num_classes, dtype=np.float32)[labels]
-
-        clf = BlackBoxClassifier(predict, tuple(x.shape[1:]), num_classes, clip_values=(0.0, 1.0))
-        attack = ATTACKS["hopskipjump"].build(clf, False, params)
-        adv = attack.generate(x=xi[None], y=np.eye(num_classes, dtype=np.float32)[[yi]])
-        out.append(np.clip(xi + np.clip(adv[0] - xi, -eps, eps), 0.0, 1.0))
-    info = {"attack": "hopskipjump", **params, "eps": eps, "queries": queries, "sees": "decisions"}
-    return np.stack(out).astype(np.float32), info
+            clf = BlackBoxClassifier(predict, tuple(x.shape[1:]), num_classes, clip_values=(0.0, 1.0))
+            attack = ATTACKS["hopskipjump"].build(clf, False, params)
+            adv = attack.generate(x=xi[None], y=np.eye(num_classes, dtype=np.float32)[[yi]])
+            out.append(np.clip(xi + np.clip(adv[0] - xi, -eps, eps), 0.0, 1.0))
+        info = {"attack": "hopskipjump", **params, "eps": eps, "queries": queries, "sees": "decisions"}
+        return np.stack(out).astype(np.float32), info

@@ -62,7 +62,7 @@ def noisy_input(job: Job) -> torch.Tensor:
 def run_job(model: nn.Module, job: Job) -> torch.Tensor:
     """What a member returns for ``job``, on ``job.x``'s device. The member computes on its own device, where a
     noisy job also draws its noise (as a served member replica does). Clean logits are never returned."""
-    dev = model_device(model)
+    dev = model_device(model, job.x.device)
     if job.x.device != dev:
         return _answer(model, Job(job.member, job.op, job.x.to(dev), job.seed, job.sigma, job.path)).to(job.x.device)
     return _answer(model, job)

@@ -26,7 +26,7 @@ def resolve_device(name: str | torch.device) -> torch.device:
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """Apply ``model`` in eval mode on its own device in batches; returns outputs on ``x``'s device."""
-    dev = model_device(model)
+    dev = model_device(model, x.device)
     was = model.training
     model.eval()
     out = torch.cat([model(x[i : i + batch_size].to(dev)).to(x.device) for i in range(0, len(x), batch_size)])

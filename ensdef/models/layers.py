@@ -9,10 +9,15 @@ import torch
 from torch import nn
 
 
-def model_device(model: nn.Module) -> torch.device:
-    """The device of ``model``'s first parameter or buffer (CPU for a model with neither)."""
+def model_device(model: nn.Module, fallback: torch.device | None = None) -> torch.device:
+    """The device of ``model``'s first parameter or buffer; ``fallback`` (the caller's input device) for a model
+    with neither. Raises ``ValueError`` when there is neither a tensor nor a fallback to take it from."""
     first = next(itertools.chain(model.parameters(), model.buffers()), None)
-    return first.device if first is not None else torch.device("cpu")
+    if first is not None:
+        return first.device
+    if fallback is None:
+        raise ValueError(f"{type(model).__name__} holds no tensors: give the device explicitly")
+    return fallback
 
 
 class Normalize(nn.Module):

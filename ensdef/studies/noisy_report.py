@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import binomtest
 
 from ensdef.data import Dataset, Split
 from ensdef.defenses.base import decide_all
 from ensdef.defenses.noisy_vote import NoisyVoteEnsemble
 from ensdef.defenses.registry import load_role
+from ensdef.evaluation.stats import mcnemar
 from ensdef.models.inference import predict
 from ensdef.presets import Preset
 from ensdef.store import ArtifactStore
@@ -26,9 +26,8 @@ from ensdef.types import Role
 def paired_comparison(a_correct: np.ndarray, b_correct: np.ndarray) -> dict[str, Any]:
     """Exact McNemar test of two classifiers on the same images (boolean ``[N]`` each): the images only ``a``
     gets right, those only ``b`` gets right, and the two-sided p that both are equally accurate."""
-    only_a, only_b = int((a_correct & ~b_correct).sum()), int((b_correct & ~a_correct).sum())
-    p = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
-    return {"only_first_correct": only_a, "only_second_correct": only_b, "mcnemar_p": float(p)}
+    t = mcnemar(a_correct, b_correct)
+    return {"only_first_correct": t["only_a"], "only_second_correct": t["only_b"], "mcnemar_p": t["p_value"]}
 
 
 def _correct(members: dict[str, torch.nn.Module], split: Split) -> dict[str, np.ndarray]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from ensdef.models import MODELS, Kind, UnitNet, build
 from ensdef.models.rls import BACKBONES
@@ -76,3 +77,12 @@ def test_unknown_architecture_and_shape_are_clear_errors() -> None:
         build("nope", (1, 28, 28))
     with pytest.raises(ValueError, match="supports input shapes"):
         build("cw7", (1, 32, 32))
+
+
+def test_model_device_comes_from_the_model_or_the_callers_input() -> None:
+    from ensdef.models.layers import model_device
+
+    assert model_device(nn.Linear(2, 2)) == torch.device("cpu")
+    assert model_device(nn.Identity(), torch.device("meta")) == torch.device("meta")  # no tensors: the fallback
+    with pytest.raises(ValueError, match="holds no tensors"):
+        model_device(nn.Identity())
