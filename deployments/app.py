@@ -154,4 +154,4 @@ def application(s: ServeSettings, defenses: dict[str, list[str]]) -> Application
     return Ingress.options(
         ray_actor_options=ingress_options(s, bool(local)),
         max_ongoing_requests=s.max_ongoing_requests,
-    ).bind(routers, inline, list(shape), s.max_images, s.max_bytes, s.admin_token)
+    ).bind(routers, inline, list(shape), s.max_images, s.max_bytes, s.admin_token, s.store)

@@ -11,6 +11,7 @@ Per-client query counts (the signal of a query-based attack) are exported per cl
 import json
 import logging
 import secrets
+import time
 from typing import Any
 
 import grpc
@@ -23,9 +24,11 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter
 
 from deployments.router import Routing, Verdict
-from ensdef.errors import InvalidInput, TooLarge
+from ensdef.errors import EnsdefError, InvalidInput, TooLarge
 from ensdef.io.proto import ensdef_pb2
 from ensdef.io.validation import Limits, check_bytes, from_image_file, from_raw, parse_json
+from ensdef.store import ArtifactStore
+from ensdef.training.schedule import TRAINING_PROGRESS, training_view
 
 log = logging.getLogger(__name__)
 app = FastAPI(
@@ -38,6 +41,17 @@ IMAGE_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/gif", "application
 
 class Unknown(LookupError):
     pass
+
+
+class Training(LookupError):
+    """The defense is not served yet: its members are still training (``retry_after_s``: the estimate)."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+PROGRESS_TTL_S = 1.0  # the training progress is read from the store at most once a second
 
 
 def _fail(ctx: RayServegRPCContext, code: grpc.StatusCode, details: str) -> ensdef_pb2.ClassifyResponse:
@@ -57,14 +71,18 @@ class Ingress:
         max_images: int,
         max_bytes: int,
         admin_token: str,
+        store: str | None = None,
     ) -> None:
         """``routers``: defense -> router deployment; ``inline``: :class:`Routing` arguments for the defenses this
-        replica routes itself (packed)."""
+        replica routes itself (packed); ``store``: where a training run started by ``ensdef serve
+        --train-missing`` reports the defenses still training."""
         self.routers = routers
         self.local = Routing(**inline) if inline else None
         self.served = sorted(set(routers) | set(self.local.defenses if self.local else ()))
         self.limits = Limits((int(shape[0]), int(shape[1]), int(shape[2])), max_images, max_bytes)
         self.admin_token = admin_token
+        self.store = ArtifactStore(store) if store else None
+        self._progress: tuple[float, dict[str, dict[str, Any]]] = (-PROGRESS_TTL_S, {})
         self.queries = Counter("ensdef_client_queries", description="images per client", tag_keys=("client",))
         self.bad = Counter("ensdef_bad_requests", description="refused requests", tag_keys=("reason",))
 
@@ -82,8 +100,30 @@ class Ingress:
             raise InvalidInput("'seed' must be a non-negative integer below 2**63")
         return seed
 
+    def training(self) -> dict[str, dict[str, Any]]:
+        """Defenses not served yet whose members are training (state, members done and total, retry after)."""
+        now = time.monotonic()
+        if self.store is None or now - self._progress[0] < PROGRESS_TTL_S:
+            return self._progress[1]
+        try:
+            payload = self.store.load_json(TRAINING_PROGRESS) if self.store.has_json(TRAINING_PROGRESS) else {}
+            view = {d: v for d, v in training_view(payload).items() if d not in self.served}
+        except (EnsdefError, OSError, ValueError):  # mid-write (hash mismatch) or unreadable: the last view
+            view = self._progress[1]
+        self._progress = (now, view)
+        return view
+
     async def _decide(self, defense: str, x: torch.Tensor, seed: int, client: str) -> Verdict:
         if defense not in self.served:
+            t = self.training().get(defense)
+            if t is not None and t["state"] == "deploying":
+                raise Training(f"{defense} is trained and being deployed", t["retry_after_s"])
+            if t is not None:
+                raise Training(
+                    f"{defense} is {t['state']}: {t['members_done']} of {t['members_total']} members trained, "
+                    f"about {t['retry_after_s']} s left",
+                    t["retry_after_s"],
+                )
             raise Unknown(f"unknown defense {defense!r}; served: {', '.join(self.served)}")
         self.queries.inc(len(x), tags={"client": client})
         if self.local and defense in self.local.defenses:
@@ -93,13 +133,15 @@ class Ingress:
     # --- HTTP -------------------------------------------------------------------------------------------
     @app.get("/healthz")
     def healthz(self) -> dict[str, Any]:
-        return {"status": "ok", "defenses": self.served}
+        return {"status": "ok", "defenses": self.served, "training": sorted(self.training())}
 
     @app.get("/v1/defenses")
     def defenses(self) -> dict[str, Any]:
+        """Served defenses, and (while ``ensdef serve --train-missing`` trains) those still training."""
         c, h, w = self.limits.shape
         return {
             "defenses": self.served,
+            "states": {**{d: {"state": "serving"} for d in self.served}, **self.training()},
             "input": {"shape": [c, h, w], "range": [0, 1], "max_images": self.limits.max_images},
         }
 
@@ -134,6 +176,8 @@ class Ingress:
             raise HTTPException(403, str(e)) from None
         except Unknown as e:
             raise HTTPException(404, str(e)) from None
+        except Training as e:
+            raise HTTPException(503, str(e), headers={"Retry-After": str(e.retry_after_s)}) from None
         if verdict.unavailable:
             raise HTTPException(503, f"{defense}: {verdict.unavailable}")
         return JSONResponse({"defense": defense, "answers": [d.to_json(admin) for d in verdict.decisions]})
@@ -156,6 +200,8 @@ class Ingress:
             return _fail(grpc_context, grpc.StatusCode.PERMISSION_DENIED, str(e))
         except Unknown as e:
             return _fail(grpc_context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except Training as e:
+            return _fail(grpc_context, grpc.StatusCode.UNAVAILABLE, str(e))
         if verdict.unavailable:
             return _fail(grpc_context, grpc.StatusCode.UNAVAILABLE, f"{request.defense}: {verdict.unavailable}")
         answers = []

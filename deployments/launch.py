@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -17,9 +17,11 @@ from ray.serve.config import gRPCOptions
 
 from deployments.app import absolute, application, served_defenses, survey  # noqa: F401  (survey: for ensdef serve)
 from deployments.settings import ServeSettings
+from ensdef.data import Dataset
 from ensdef.errors import ConfigError
-from ensdef.presets import load_preset
-from ensdef.store import TEAMS_ARTIFACT, ArtifactStore
+from ensdef.presets import Preset, load_preset
+from ensdef.store import ArtifactStore
+from ensdef.training.schedule import DEFENSE_POOLS, Progress, Step, run_schedule, schedule
 
 log = logging.getLogger(__name__)
 SERVICER = "ensdef.io.proto.ensdef_pb2_grpc.add_EnsdefServicer_to_server"
@@ -99,17 +101,57 @@ class Endpoints:
         }
 
 
-def train_missing(s: ServeSettings, data_root: str | None = None) -> None:
-    """Train every pool of the preset that is not in the store yet, then the team selection."""
+@dataclass
+class MissingTraining:
+    """What ``ensdef serve --train-missing`` still has to train for the defenses it serves: the schedule
+    (cheapest defense first) and its progress, which the ingress reads from the store."""
+
+    preset: Preset
+    data: Dataset
+    store: ArtifactStore
+    steps: list[Step]
+    progress: Progress
+
+    def run(self, on_step: Callable[[Step], None] | None = None) -> None:
+        run_schedule(self.steps, self.preset, self.data, self.store, self.progress, on_step)
+
+
+def plan_missing(s: ServeSettings, defenses: Iterable[str], data_root: str | None = None) -> MissingTraining:
+    """The training schedule of ``defenses`` (their missing members and post steps) on the preset's data."""
     from ensdef.data import load_dataset
-    from ensdef.training.pools import Pool, train_pools
-    from ensdef.training.selection import run_selection
 
     preset, store = load_preset(s.preset), ArtifactStore(s.store)
     data = load_dataset(preset.dataset, data_root or preset.data_root)
-    train_pools(preset, data, store, list(Pool), skip_existing=True)
-    if not store.has_json(TEAMS_ARTIFACT):
-        run_selection(store, preset, data.val)
+    wanted = sorted(defenses)
+    unknown = [d for d in wanted if d not in DEFENSE_POOLS]
+    if unknown:
+        raise ConfigError(f"cannot train for {', '.join(unknown)}: no pools known (ensdef.training.schedule)")
+    steps = schedule(preset, data, store, wanted)
+    return MissingTraining(preset, data, store, steps, Progress(steps, store, preset, wanted))
+
+
+def wait_for_ports(host: str, ports: Iterable[int], timeout_s: float = 20.0) -> None:
+    """Wait until every port can be bound on ``host`` (a Ray that a stopped ``ensdef serve`` started lets go
+    of its ports a few seconds after that process ends); raise :class:`ConfigError` naming the port after
+    ``timeout_s``."""
+    import socket
+
+    deadline = time.monotonic() + timeout_s
+    for port in ports:
+        while True:
+            with socket.socket() as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind((host, port))
+                    break
+                except OSError:
+                    if time.monotonic() >= deadline:
+                        raise ConfigError(
+                            f"port {port} on {host} is in use (another ensdef serve?); stop it or choose "
+                            "--http-port / --grpc-port"
+                        ) from None
+            log.info("port %d is still in use; waiting for it", port)
+            time.sleep(1.0)
 
 
 def connect(address: str | None, num_cpus: float | None = None, env: Mapping[str, str] | None = None) -> str:

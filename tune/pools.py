@@ -103,5 +103,5 @@ def tune_pools(preset: Preset, store: ArtifactStore, pools: list[Pool], run: Tun
     post = {}
     for pool in pools:
         if pool in POST_STEPS:
-            post[pool.value] = POST_STEPS[pool](preset, data, store, True)
+            post[pool.value] = POST_STEPS[pool].run(preset, data, store, True)
     return {"store": store.root, "preset": preset.name, "experiment": name, "artifacts": out, "post": post}

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 import traceback
 from typing import Any
 
@@ -59,6 +61,10 @@ def render(result: Any) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Ctrl-C and SIGINT stop every command, also one started where SIGINT is ignored (a background job of a
+    # script): long jobs save their work as they go and resume (training keeps every finished member).
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     cmds = commands()
     args = build_parser(cmds).parse_args(argv)
     logging.basicConfig(
@@ -76,5 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"ensdef: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("ensdef: interrupted; finished work is kept (run the command again to continue)", file=sys.stderr)
+        return 130
     print(json.dumps(result, indent=2) if args.json else render(result))
     return code

@@ -9,6 +9,7 @@ Each setting carries a one-line reason in its YAML comment; how a setting was ch
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -64,6 +65,7 @@ __all__ = [
     "VerifierPool",
     "known_presets",
     "load_preset",
+    "merged",
 ]
 
 
@@ -72,17 +74,47 @@ def known_presets() -> list[str]:
     return sorted(f.stem for f in PRESET_DIR.glob("*.yaml"))
 
 
-def load_preset(name_or_path: str | Path) -> Preset:
-    """A shipped preset by name, or a YAML file by path. Unknown keys, wrong types, unknown attacks and unknown
-    attack parameters raise :class:`ConfigError` naming them."""
+def _find(name_or_path: str | Path) -> Path:
     p = Path(name_or_path)
     if not p.suffix:
         p = PRESET_DIR / f"{name_or_path}.yaml"
     if not p.exists():
         known = ", ".join(known_presets())
         raise ConfigError(f"preset {str(name_or_path)!r} not found (looked for {p}; known presets: {known})")
+    return p
+
+
+def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over`` laid on top: mappings merge key by key, every other value (lists included) is
+    replaced whole."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _raw(p: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The YAML mapping of ``p``, laid over the preset its ``base:`` key names (a shipped name, or a path
+    relative to ``p``'s folder), recursively."""
+    if p.resolve() in seen:
+        raise ConfigError(f"preset {p.stem}: 'base' presets form a cycle")
     with open(p) as f:
         data = yaml.safe_load(f)
+    if not isinstance(data, dict):
+        raise ConfigError(f"preset {p.stem}: a YAML mapping expected")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    bp = Path(base) if Path(base).suffix else None
+    return merged(_raw(p.parent / bp if bp else _find(base), (*seen, p.resolve())), data)
+
+
+def load_preset(name_or_path: str | Path) -> Preset:
+    """A shipped preset by name, or a YAML file by path. A preset may name another in ``base:`` and give only
+    what differs (:func:`merged`). Unknown keys, wrong types, unknown attacks and unknown attack parameters
+    raise :class:`ConfigError` naming them."""
+    p = _find(name_or_path)
+    data = _raw(p)
     where = f"preset {p.stem}"
     preset = from_mapping(Preset, data, where=where)
     for arch in preset.verifiers.overrides:

@@ -35,6 +35,19 @@ def step_seconds(plan: MemberPlan, data: Dataset, repeats: int = 2) -> float:
     return best
 
 
+def passes_per_step(plan: MemberPlan) -> float:
+    """Forward and backward passes of the built model per optimisation step, relative to the one that
+    :func:`step_seconds` times: an RLS network's forward runs its M sub-model paths but a training step
+    samples K; PGD adversarial training adds ``adv_ratio x adv_max_iter`` attack passes; distillation trains a
+    teacher and then a student."""
+    if "k" in plan.extra:
+        return plan.extra["k"] / plan.extra.get("build_kwargs", {}).get("m", 1)
+    method = plan.extra.get("method")
+    if method == "adv-training":
+        return 1.0 + plan.extra["adv_ratio"] * plan.extra["adv_max_iter"]
+    return 2.0 if method == "distillation" else 1.0
+
+
 def planned_steps(plan: MemberPlan, data: Dataset) -> int:
     """Optimisation steps ``plan`` asks for: epochs x batches per epoch of its share of the training set."""
     n = len(plan.data.indices(len(data.train))) if plan.data else len(data.train)
@@ -43,15 +56,15 @@ def planned_steps(plan: MemberPlan, data: Dataset) -> int:
 
 def training_costs(plans: list[MemberPlan], data: Dataset) -> dict[str, float]:
     """Estimated training seconds per plan name (relative: for ordering, not a promise of wall time):
-    :func:`planned_steps` x :func:`step_seconds`, timed once per distinct model and batch size (the ten
-    temperature networks of a preset share one timing)."""
+    :func:`planned_steps` x :func:`passes_per_step` x :func:`step_seconds`, timed once per distinct model and
+    batch size (the ten temperature networks of a preset share one timing)."""
     step: dict[str, float] = {}
     cost = {}
     for p in plans:
         key = json.dumps([p.architecture, p.train.batch_size, p.extra.get("build_kwargs", {})], sort_keys=True)
         if key not in step:
             step[key] = step_seconds(p, data)
-        cost[p.name] = planned_steps(p, data) * step[key]
+        cost[p.name] = planned_steps(p, data) * passes_per_step(p) * step[key]
     return cost
 
 

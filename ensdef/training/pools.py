@@ -25,7 +25,7 @@ from ensdef.models.inference import accuracy, reconstruction_mse
 from ensdef.noise import NoiseKind, NoiseSpec
 from ensdef.presets import Preset, TrainConfig
 from ensdef.rng import make_generator, seeded
-from ensdef.store import ArtifactStore, Manifest
+from ensdef.store import DET_LIST_ARTIFACT, TEAMS_ARTIFACT, ArtifactStore, Manifest
 from ensdef.training.loops import EpochHook, TrainResult, train_autoencoder, train_classifier
 from ensdef.types import DataShare, GroupLossKind, Role
 
@@ -168,8 +168,34 @@ def _det_post(preset: Preset, data: Dataset, store: ArtifactStore, skip_existing
     return run_det_selection(preset, data, store, [p.name for p in _reformers(preset)], skip_existing)
 
 
-POST_STEPS: dict[Pool, Callable[[Preset, Dataset, ArtifactStore, bool], dict[str, Any]]] = {Pool.REFORMERS: _det_post}
-"""Work that needs a pool's trained members: DeT cross-training and reformer-list selection."""
+def _teams_post(preset: Preset, data: Dataset, store: ArtifactStore, skip_existing: bool) -> dict[str, Any]:
+    """MODEF's team selection over the stored verifiers; with ``skip_existing`` a saved selection (a tuned one
+    included) is kept while it names exactly the stored verifiers."""
+    from ensdef.training.selection import run_selection
+
+    stored = sorted(m.name for m in store.by_role(Role.VERIFIER))
+    if skip_existing and store.has_json(TEAMS_ARTIFACT):
+        saved = store.load_json(TEAMS_ARTIFACT)
+        if sorted(saved.get("members", ())) == stored:
+            return {"kept": TEAMS_ARTIFACT, "verifiers": stored}
+    run_selection(store, preset, data.val)
+    return {"selected": TEAMS_ARTIFACT, "verifiers": stored}
+
+
+@dataclass(frozen=True)
+class PostStep:
+    """Work that needs a pool's trained members, and the JSON artifact it leaves in the store."""
+
+    artifact: str
+    run: Callable[[Preset, Dataset, ArtifactStore, bool], dict[str, Any]]
+
+
+POST_STEPS: dict[Pool, PostStep] = {
+    Pool.VERIFIERS: PostStep(TEAMS_ARTIFACT, _teams_post),
+    Pool.REFORMERS: PostStep(DET_LIST_ARTIFACT, _det_post),
+}
+"""MODEF's team selection after the verifiers; DeT's cross-training and reformer-list selection after the
+reformers."""
 
 
 def plan_pool(preset: Preset, pool: Pool) -> list[MemberPlan]:
@@ -307,30 +333,55 @@ def stored_as_planned(store: ArtifactStore, plan: MemberPlan) -> bool:
     return store.exists(plan.name) and store.verify(plan.name).ok and same_plan(store.manifest(plan.name), plan)
 
 
+MemberDone = Callable[[MemberPlan, Manifest, bool], None]
+"""Called after each member of a pool with its plan, its stored manifest and whether it was trained now (False:
+kept from the store)."""
+
+
+def train_pool(
+    preset: Preset,
+    data: Dataset,
+    store: ArtifactStore,
+    pool: Pool,
+    skip_existing: bool = False,
+    on_member: MemberDone | None = None,
+) -> tuple[list[Manifest], dict[str, Any] | None]:
+    """Train every member of ``pool`` (keeping, when ``skip_existing``, those stored from the same plan that
+    verify), then its post step. Returns the stored manifests and what the post step did (None: none)."""
+    out = []
+    for plan in plan_pool(preset, pool):
+        trained = not (skip_existing and stored_as_planned(store, plan))
+        if not trained:
+            m = store.manifest(plan.name)
+            log.info("%s: already trained with this plan, skipped", plan.name)
+        else:
+            if skip_existing and store.exists(plan.name):
+                log.info("%s: stored with another plan or failing verification, trained again", plan.name)
+            m = train_member(plan, data, store)
+        out.append(m)
+        if on_member is not None:
+            on_member(plan, m, trained)
+    post = POST_STEPS[pool].run(preset, data, store, skip_existing) if pool in POST_STEPS else None
+    return out, post
+
+
 def train_pools(
     preset: Preset, data: Dataset, store: ArtifactStore, pools: list[Pool], skip_existing: bool = False
 ) -> dict[str, Any]:
-    """Train every member of ``pools`` (keeping, when ``skip_existing``, those stored from the same plan that
-    verify), then run the pools' post steps. Returns what was stored, with metrics."""
+    """:func:`train_pool` for each of ``pools`` in turn. Returns what was stored, with metrics."""
     out, post = [], {}
     for pool in pools:
-        for plan in plan_pool(preset, pool):
-            if skip_existing and stored_as_planned(store, plan):
-                m = store.manifest(plan.name)
-                log.info("%s: already trained with this plan, skipped", plan.name)
-            else:
-                if skip_existing and store.exists(plan.name):
-                    log.info("%s: stored with another plan or failing verification, trained again", plan.name)
-                m = train_member(plan, data, store)
-            out.append(
-                {
-                    "name": m.name,
-                    "pool": pool.value,
-                    "role": m.role.value,
-                    "architecture": m.architecture,
-                    "metrics": m.metrics,
-                }
-            )
-        if pool in POST_STEPS:
-            post[pool.value] = POST_STEPS[pool](preset, data, store, skip_existing)
+        stored, done = train_pool(preset, data, store, pool, skip_existing)
+        out += [
+            {
+                "name": m.name,
+                "pool": pool.value,
+                "role": m.role.value,
+                "architecture": m.architecture,
+                "metrics": m.metrics,
+            }
+            for m in stored
+        ]
+        if done is not None:
+            post[pool.value] = done
     return {"store": store.root, "preset": preset.name, "artifacts": out, "post": post}

@@ -8,7 +8,7 @@ import yaml
 from ensdef.config import from_mapping, to_plain
 from ensdef.errors import ConfigError
 from ensdef.noise import NoiseKind
-from ensdef.presets import PRESET_DIR, Preset, TrainConfig, load_preset
+from ensdef.presets import PRESET_DIR, Preset, TrainConfig, load_preset, merged
 from ensdef.types import Optim
 
 
@@ -56,3 +56,21 @@ def test_bad_enum_and_type_and_override_keys(tmp_path: Path) -> None:
 def test_missing_preset_lists_known_ones() -> None:
     with pytest.raises(ConfigError, match="known presets: .*mnist5k"):
         load_preset("imagenet-huge")
+
+
+def test_a_preset_lays_its_keys_over_its_base() -> None:
+    base = {"a": {"x": 1, "y": [1, 2]}, "b": 3}
+    assert merged(base, {"a": {"y": [9]}, "c": 4}) == {"a": {"x": 1, "y": [9]}, "b": 3, "c": 4}
+    assert base == {"a": {"x": 1, "y": [1, 2]}, "b": 3}  # the base is not changed
+    quick, full = load_preset("mnist5k-quick"), load_preset("mnist5k")
+    assert quick.name == "mnist5k-quick" and quick.target == full.target and quick.evaluation == full.evaluation
+    assert quick.verifiers.train.epochs < full.verifiers.train.epochs
+    assert quick.verifiers.train.lr == full.verifiers.train.lr  # merged key by key, not replaced
+    assert set(quick.verifiers.architectures) < set(full.verifiers.architectures)
+
+
+def test_base_presets_may_not_form_a_cycle(tmp_path) -> None:
+    (tmp_path / "a.yaml").write_text("base: b.yaml\nname: a\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\nname: b\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_preset(tmp_path / "a.yaml")

@@ -10,7 +10,7 @@ import pytest
 
 from ensdef.data import Dataset
 from ensdef.presets import load_preset
-from ensdef.training.cost import longest_first, training_costs
+from ensdef.training.cost import longest_first, passes_per_step, training_costs
 from ensdef.training.pools import DataSlice, Pool, plan_pool
 from ensdef.types import DataShare
 from tests.conftest import FIXTURES
@@ -32,3 +32,13 @@ def test_longest_first_follows_planned_work(mnist5k: Dataset) -> None:
     long = dataclasses.replace(mlp, name="long", train=dataclasses.replace(mlp.train, epochs=50))
     part = dataclasses.replace(long, name="partitioned", data=DataSlice(0, 10, DataShare.PARTITION))  # a tenth
     assert [p.name for p in longest_first([part, short, long], mnist5k)] == ["long", "partitioned", "short"]
+
+
+def test_passes_per_step_count_sampled_networks_and_attack_passes() -> None:
+    p = load_preset("mnist5k")
+    (rls,) = plan_pool(p, Pool.RLS)
+    assert passes_per_step(rls) == p.rls.k / p.rls.m  # K sampled paths against the M that forward() runs
+    adv, distill = plan_pool(p, Pool.BASELINES)
+    assert passes_per_step(adv) == 1 + p.baselines.adv_ratio * p.baselines.adv_max_iter
+    assert passes_per_step(distill) == 2.0
+    assert {passes_per_step(t) for t in plan_pool(p, Pool.TEMPNETS)} == {1.0}
