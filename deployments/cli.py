@@ -11,17 +11,13 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ensdef.cli import render
 from ensdef.cli.command import Command, Result, csv, data_args, ray_args
 from ensdef.errors import ConfigError, NotTrained
 
-if TYPE_CHECKING:
-    from ensdef.training.schedule import Step
-
 log = logging.getLogger(__name__)
-REDEPLOY_AFTER_S = 60.0  # a defense made servable waits for the next step when that one is shorter
 
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
@@ -90,63 +86,29 @@ def _serve(a: argparse.Namespace) -> Result:
             "missing artifacts (run with --train-missing, or `ensdef train`): "
             + "; ".join(f"{k}: {v}" for k, v in missing.items())
         )
-    if job is not None:
-        log.info("%s", describe(job.steps, job.progress.factor))
-    if job is not None and a.detach:  # nothing stays behind to train once this process returns
-        job.run()
-        servable, missing = launch.survey(settings)
-        job = None
     ingress = launch.IngressMode(a.ingress)
-    http_port, host = int(http["port"]), http["host"]
-    env = launch.direct_ingress_env(http_port, int(grpc_port)) if ingress is launch.IngressMode.DIRECT else None
-    live: dict[str, Any] = {}
-
-    def go_live(defenses: dict[str, list[str]]) -> None:
-        """Start Ray on the first call, then deploy (or redeploy) ``defenses``; print where they answer."""
-        with contextlib.redirect_stdout(sys.stderr):  # Ray's start-up lines; stdout stays the result
-            if "address" not in live:
-                if a.address == "local" or not (a.address or os.environ.get("RAY_ADDRESS")):
-                    launch.wait_for_ports(host, [http_port, int(grpc_port)])  # a Ray of ours will bind them
-                live["address"] = launch.connect(a.address, a.num_cpus, env)
-            ep = launch.deploy(
-                settings, host, http_port, int(grpc_port), a.proxy_location or proxies, ingress, defenses
-            )
-        first = "endpoints" not in live
-        live["endpoints"] = ep
-        if first and job is not None:
-            log.info("serving %s at %s and %s; the rest trains", ", ".join(ep.defenses), ep.http, ep.grpc)
-        elif job is not None:
-            log.info("now serving %s", ", ".join(ep.defenses))
-
-    pending: set[str] = set()
-
-    def after_step(step: Step) -> None:
-        """Deploy what ``step`` made servable, unless the next step is short: then after that one (each
-        deployment restarts the replicas, which costs CPU the training needs)."""
-        assert job is not None
-        pending.update(step.unlocks)
-        rest = job.steps[job.steps.index(step) + 1 :]
-        soon = bool(rest) and rest[0].cost * job.progress.factor < REDEPLOY_AFTER_S
-        if pending and not (soon and "endpoints" in live):
-            go_live(launch.survey(settings)[0])
-            pending.clear()
-
-    t0 = time.monotonic()
-    if servable:
-        go_live(servable)
-    if job is not None:
-        job.run(after_step)
-        servable, missing = launch.survey(settings)
-        log.info(
-            "trained %d members in %.1f min; serving %s",
-            sum(len(s.todo) for s in job.steps),
-            (time.monotonic() - t0) / 60,
-            ", ".join(sorted(servable)),
-        )
-    ep = live["endpoints"]
+    http_port = int(http["port"])
+    target = launch.Target(
+        a.address,
+        a.num_cpus,
+        http["host"],
+        http_port,
+        int(grpc_port),
+        a.proxy_location or proxies,
+        ingress,
+        launch.direct_ingress_env(http_port, int(grpc_port)) if ingress is launch.IngressMode.DIRECT else None,
+    )
+    server = launch.Progressive(settings, target)
+    if job is not None and a.detach:  # nothing stays behind to train once this process returns
+        log.info("%s", describe(job.steps, job.progress.factor))
+        job.run()
+        servable, job = launch.survey(settings)[0], None
+    with contextlib.redirect_stdout(sys.stderr):  # Ray's start-up lines; stdout stays the result
+        ep = server.run(servable, job)
+    missing = launch.survey(settings)[1]
     out = {**ep.to_json(), "not_served": missing}
     if a.detach:  # the application stays on the cluster after this process ends
-        return {**out, "detached": True, "ray_address": live["address"]}, 0
+        return {**out, "detached": True, "ray_address": ep.ray_address}, 0
     print(json.dumps(out, indent=2) if a.json else render(out), flush=True)
     try:
         while True:
