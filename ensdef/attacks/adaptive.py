@@ -37,6 +37,24 @@ def worst_case(defense: Defense, candidates: list[np.ndarray], y: np.ndarray, se
     return np.stack([candidates[k][i] for i, k in enumerate(pick)])
 
 
+def flag_aware_examples(
+    defense: Defense,
+    attack: str,
+    params: dict[str, Any],
+    x: np.ndarray,
+    y: np.ndarray,
+    samples: int,
+    seed: int,
+    num_classes: int = 10,
+) -> np.ndarray:
+    """``attack`` targeted through the defense's flag-as-extra-class surrogate toward each image's most likely
+    wrong class (He et al. 2017): an example wins only when the label is wrong and the defense does not flag
+    or abstain. ``x`` ``[N, C, H, W]``, ``y`` ``[N]``; returns adversarial ``[N, C, H, W]`` float32."""
+    clf = art_classifier(FlagAwareSurrogate(defense, samples, seed), tuple(x.shape[1:]), num_classes + 1)
+    targets = flag_aware_targets(clf.predict(x), y)
+    return ATTACKS[attack].build(clf, True, params).generate(x=x, y=targets).astype(np.float32)
+
+
 def adaptive_examples(
     defense: Defense,
     x: torch.Tensor,
@@ -56,9 +74,7 @@ def adaptive_examples(
     adv = spec.build(clf, False, params).generate(x=xs, y=np.eye(num_classes, dtype=np.float32)[ys]).astype(np.float32)
     objective = "untargeted cross-entropy on the surrogate"
     if defense.can_flag:
-        clf = art_classifier(FlagAwareSurrogate(defense, samples, seed), shape, num_classes + 1)
-        targets = flag_aware_targets(clf.predict(xs), ys)
-        aware = spec.build(clf, True, params).generate(x=xs, y=targets).astype(np.float32)
+        aware = flag_aware_examples(defense, attack, params, xs, ys, samples, seed, num_classes)
         adv = worst_case(defense, [aware, adv], ys, seed + 7)
         objective = (
             "per image the worse for the defense of detector-aware (flag as class K, targeted to the most likely "
@@ -81,24 +97,27 @@ def apgd_examples(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """ART's APGD through the defense's EOT surrogate: untargeted with ``loss`` (``cross_entropy`` or
     ``difference_logits_ratio``), or, with ``targets`` > 0, targeted at each of the surrogate's ``targets``
-    most likely wrong classes, keeping per image the candidate that does worst for the defense (its own
-    decisions, with a selection seed that is not the scoring seed)."""
+    most likely wrong classes. A defense that flags or abstains is also attacked with the same APGD through
+    its detector-aware surrogate (:func:`flag_aware_examples`). Per image the candidate that does worst for
+    the defense is kept (its own decisions, with a selection seed that is not the scoring seed)."""
     params = {**attack_params("apgd", overrides), "loss": loss}
     samples = eot if defense.randomized else 0
     xs, ys = x.numpy(), y.numpy()
     clf = art_classifier(EOTSurrogate(defense, samples, seed), tuple(x.shape[1:]), num_classes)
     spec = ATTACKS["apgd"]
     if targets <= 0:
-        adv = spec.build(clf, False, params).generate(x=xs, y=np.eye(num_classes, dtype=np.float32)[ys])
-        return adv.astype(np.float32), {"attack": "apgd", **params, "eot": samples, "targets": 0}
-    scores = clf.predict(xs)
-    scores[np.arange(len(ys)), ys] = -np.inf
-    ranked = np.argsort(-scores, axis=1)[:, :targets]  # [N, T] most likely wrong classes
-    candidates = [
-        spec.build(clf, True, params)
-        .generate(x=xs, y=np.eye(num_classes, dtype=np.float32)[ranked[:, t]])
-        .astype(np.float32)
-        for t in range(ranked.shape[1])
-    ]
-    adv = worst_case(defense, candidates, ys, seed + 11)
-    return adv, {"attack": "apgd", **params, "eot": samples, "targets": int(ranked.shape[1])}
+        candidates = [spec.build(clf, False, params).generate(x=xs, y=np.eye(num_classes, dtype=np.float32)[ys])]
+    else:
+        scores = clf.predict(xs)
+        scores[np.arange(len(ys)), ys] = -np.inf
+        ranked = np.argsort(-scores, axis=1)[:, :targets]  # [N, T] most likely wrong classes
+        candidates = [
+            spec.build(clf, True, params).generate(x=xs, y=np.eye(num_classes, dtype=np.float32)[ranked[:, t]])
+            for t in range(ranked.shape[1])
+        ]
+    candidates = [c.astype(np.float32) for c in candidates]
+    if defense.can_flag:
+        candidates.append(flag_aware_examples(defense, "apgd", params, xs, ys, samples, seed, num_classes))
+    adv = candidates[0] if len(candidates) == 1 else worst_case(defense, candidates, ys, seed + 11)
+    chosen = len(candidates) - int(defense.can_flag) if targets > 0 else 0
+    return adv, {"attack": "apgd", **params, "eot": samples, "targets": chosen, "detector_aware": defense.can_flag}

@@ -109,11 +109,15 @@ class AdaptiveCells:
 
     def apgd_cell(self, name: str, defense: Defense, loss: str, targets: int) -> dict[str, Any]:
         """APGD (cross-entropy, or targeted DLR at ``targets`` wrong classes) through the EOT surrogate at the
-        full budget, ``apgd_iter`` steps and ``apgd_restarts`` random restarts."""
+        full budget, ``apgd_iter`` steps and ``apgd_restarts`` random restarts; for a defense that flags or
+        abstains, also through its detector-aware surrogate (the worse for the defense per image)."""
         c = self.cfg
         more = {"eps": c.eps_curve[-1], "max_iter": c.apgd_iter, "restarts": c.apgd_restarts}
         params = attack_params("apgd", self.budget("apgd", **more))
-        parts = self._key(defense=name, attack="apgd", params=params, loss=loss, targets=targets, eot=c.eot)
+        aware = defense.can_flag
+        parts = self._key(
+            defense=name, attack="apgd", params=params, loss=loss, targets=targets, eot=c.eot, detector_aware=aware
+        )
         info: dict[str, Any] = {}
 
         def gen() -> np.ndarray:
@@ -133,6 +137,7 @@ class AdaptiveCells:
 
         def make() -> dict:
             extra = {"loss": loss, "targets": targets, **more, "eot": c.eot if defense.randomized else 0}
+            extra["detector_aware"] = aware
             return self.cell(defense, f"apgd-{loss}", self.examples("apgd", parts, gen), extra)
 
         return self.cached_cell(name, f"apgd-{loss}-{targets}", parts, make)

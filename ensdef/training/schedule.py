@@ -78,9 +78,19 @@ def _post_cost(pool: Pool, preset: Preset, plans: list[MemberPlan], cost: dict[s
     return per_epoch * preset.det.cross_train.epochs * max(len(plans) - 1, 0)
 
 
-def schedule(preset: Preset, data: Dataset, store: ArtifactStore, defenses: Iterable[str]) -> list[Step]:
-    """The pool steps ``defenses`` still need, cheapest defense first. A pool is left out when every member is
-    stored as planned and its post step's artifact exists. Raises KeyError for a defense without pools."""
+Costs = Callable[[list[MemberPlan], Dataset], dict[str, float]]
+
+
+def schedule(
+    preset: Preset,
+    data: Dataset,
+    store: ArtifactStore,
+    defenses: Iterable[str],
+    costs: Costs = training_costs,
+) -> list[Step]:
+    """The pool steps ``defenses`` still need, cheapest defense first by ``costs`` (plan name -> seconds; the
+    training cost model by default). A pool is left out when every member is stored as planned and its post
+    step's artifact exists. Raises KeyError for a defense without pools."""
     wanted = [d for d in defenses]
     pools = {p for d in wanted for p in DEFENSE_POOLS[d]}
     steps: dict[Pool, Step] = {}
@@ -90,7 +100,7 @@ def schedule(preset: Preset, data: Dataset, store: ArtifactStore, defenses: Iter
         post = pool in POST_STEPS and (bool(todo) or not store.has_json(POST_STEPS[pool].artifact))
         if not todo and not post:
             continue
-        cost = training_costs(plans, data) if todo or pool is Pool.REFORMERS else {}
+        cost = costs(plans, data) if todo or pool is Pool.REFORMERS else {}
         steps[pool] = Step(
             pool,
             len(plans),

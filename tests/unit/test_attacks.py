@@ -138,3 +138,22 @@ def test_worst_case_keeps_per_image_the_candidate_that_beats_the_defense() -> No
     b = np.float32([[[[0.1, 0.9]]], [[[0.7, 0.3]]]])  # image 0 fooled, image 1 still correct
     out = worst_case(SingleModel(net), [a, b], y, 0)
     assert out[0].tolist() == b[0].tolist() and out[1].tolist() == a[1].tolist()
+
+
+@pytest.mark.parametrize(("defense_name", "flags"), [("target", False), ("modef-1tm", True), ("noisy-vote", True)])
+def test_apgd_adds_the_detector_aware_objective_for_defenses_that_flag(
+    defense_name: str, flags: bool, random_store, mnist5k
+) -> None:
+    from ensdef.attacks.adaptive import apgd_examples
+    from ensdef.defenses.registry import build_defense
+
+    store, preset = random_store
+    defense = build_defense(defense_name, store, preset)
+    assert defense.can_flag is flags
+    x, y = mnist5k.test.x[:3], mnist5k.test.y[:3]
+    budget = {"max_iter": 2, "restarts": 1}
+    for targets in (0, 2):
+        adv, what = apgd_examples(defense, x, y, loss="cross_entropy", overrides=budget, eot=2, seed=0, targets=targets)
+        assert what["detector_aware"] is defense.can_flag and what["targets"] == targets
+        assert adv.shape == tuple(x.shape) and adv.dtype == np.float32
+        assert np.abs(adv - x.numpy()).max() <= what["eps"] + 1e-6 and 0.0 <= adv.min() and adv.max() <= 1.0

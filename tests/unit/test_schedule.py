@@ -14,6 +14,7 @@ from ensdef.defenses.registry import DEFENSES, describe_defense
 from ensdef.errors import NotTrained
 from ensdef.presets import Preset
 from ensdef.store import ArtifactStore
+from ensdef.training.cost import planned_steps
 from ensdef.training.pools import POST_STEPS, Pool, plan_pool
 from ensdef.training.schedule import (
     DEFENSE_POOLS,
@@ -58,7 +59,12 @@ def test_an_empty_store_serves_the_cheapest_defense_first_and_unlocks_every_defe
     random_store, mnist5k: Dataset, tmp_path: Path
 ) -> None:
     _, preset = random_store
-    steps = schedule(preset, mnist5k, ArtifactStore(tmp_path), list(DEFENSES))
+
+    def work(plans, data):  # planned optimisation steps: what the cost model scales by a timed pass
+        return {p.name: float(planned_steps(p, data)) for p in plans}
+
+    steps = schedule(preset, mnist5k, ArtifactStore(tmp_path), list(DEFENSES), work)
+    assert steps[0].todo == work(plan_pool(preset, steps[0].pool), mnist5k)
     cost = {s.pool: s.cost for s in steps}
     whole = {d: sum(cost[p] for p in DEFENSE_POOLS[d]) for d in DEFENSES}
     assert steps[0].unlocks and all(whole[d] == min(whole.values()) for d in steps[0].unlocks)
