@@ -52,7 +52,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
 
 
 def _serve(a: argparse.Namespace) -> Result:
-    from deployments import launch
+    from deployments import launch, progressive
     from deployments.config import load_serve_config
     from deployments.settings import ServeSettings
     from ensdef.training.schedule import describe
@@ -80,7 +80,7 @@ def _serve(a: argparse.Namespace) -> Result:
         )
     settings = ServeSettings.from_dict(args)
     servable, missing = launch.survey(settings)
-    job = launch.plan_missing(settings, missing, a.data_root) if missing and a.train_missing else None
+    job = progressive.plan_missing(settings, missing, a.data_root) if missing and a.train_missing else None
     if job is None and missing and (settings.defenses or not servable):
         raise NotTrained(
             "missing artifacts (run with --train-missing, or `ensdef train`): "
@@ -88,7 +88,7 @@ def _serve(a: argparse.Namespace) -> Result:
         )
     ingress = launch.IngressMode(a.ingress)
     http_port = int(http["port"])
-    target = launch.Target(
+    target = progressive.Target(
         a.address,
         a.num_cpus,
         http["host"],
@@ -98,7 +98,7 @@ def _serve(a: argparse.Namespace) -> Result:
         ingress,
         launch.direct_ingress_env(http_port, int(grpc_port)) if ingress is launch.IngressMode.DIRECT else None,
     )
-    server = launch.Progressive(settings, target)
+    server = progressive.Progressive(settings, target)
     if job is not None and a.detach:  # nothing stays behind to train once this process returns
         log.info("%s", describe(job.steps, job.progress.factor))
         job.run()

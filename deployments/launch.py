@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -17,11 +17,7 @@ from ray.serve.config import gRPCOptions
 
 from deployments.app import absolute, application, served_defenses, survey  # noqa: F401  (survey: for ensdef serve)
 from deployments.settings import ServeSettings
-from ensdef.data import Dataset
-from ensdef.errors import ConfigError, NotTrained
-from ensdef.presets import Preset, load_preset
-from ensdef.store import ArtifactStore
-from ensdef.training.schedule import DEFENSE_POOLS, Progress, Step, describe, run_schedule, schedule
+from ensdef.errors import ConfigError
 
 log = logging.getLogger(__name__)
 SERVICER = "ensdef.io.proto.ensdef_pb2_grpc.add_EnsdefServicer_to_server"
@@ -99,114 +95,6 @@ class Endpoints:
             "ingress": self.ingress.value,
             **({"http_all": self.http_all, "grpc_all": self.grpc_all} if len(self.http_all) > 1 else {}),
         }
-
-
-@dataclass
-class MissingTraining:
-    """What ``ensdef serve --train-missing`` still has to train for the defenses it serves: the schedule
-    (cheapest defense first) and its progress, which the ingress reads from the store."""
-
-    preset: Preset
-    data: Dataset
-    store: ArtifactStore
-    steps: list[Step]
-    progress: Progress
-
-    def run(self, on_step: Callable[[Step], None] | None = None) -> None:
-        run_schedule(self.steps, self.preset, self.data, self.store, self.progress, on_step)
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where and how to deploy: the Ray to join (``address``; None or ``local`` may start one with
-    ``num_cpus`` and ``env``), the ports clients use, the proxies' location and the ingress mode."""
-
-    address: str | None
-    num_cpus: float | None
-    host: str
-    http_port: int
-    grpc_port: int
-    proxy_location: str
-    ingress: IngressMode
-    env: dict[str, str] | None = None
-
-    @property
-    def starts_ray(self) -> bool:
-        return self.address == "local" or not (self.address or os.environ.get("RAY_ADDRESS"))
-
-
-REDEPLOY_AFTER_S = 60.0
-"""A defense made servable by a step waits for the next step when that one should take less than this."""
-
-
-class Progressive:
-    """Serve what the store can build, train the rest, and deploy each defense as soon as its pools complete:
-    the first deployment starts Ray (or joins it), every later one replaces the application in place."""
-
-    def __init__(self, settings: ServeSettings, target: Target) -> None:
-        self.settings, self.target = settings, target
-        self.endpoints: Endpoints | None = None
-        self.pending: set[str] = set()
-
-    def deploy(self, defenses: dict[str, list[str]]) -> Endpoints:
-        t = self.target
-        if self.endpoints is None:
-            if t.starts_ray:
-                wait_for_ports(t.host, [t.http_port, t.grpc_port])  # a Ray this process starts binds them
-            connect(t.address, t.num_cpus, t.env)
-        first = self.endpoints is None
-        self.endpoints = deploy(self.settings, t.host, t.http_port, t.grpc_port, t.proxy_location, t.ingress, defenses)
-        if first:
-            log.info(
-                "serving %s at %s and %s", ", ".join(self.endpoints.defenses), self.endpoints.http, self.endpoints.grpc
-            )
-        else:
-            log.info("now serving %s", ", ".join(self.endpoints.defenses))
-        return self.endpoints
-
-    def after_step(self, job: MissingTraining, step: Step) -> None:
-        """Deploy what ``step`` made servable, unless the next step is short: then after that one (each
-        deployment restarts the replicas, which costs CPU the training needs)."""
-        self.pending.update(step.unlocks)
-        rest = job.steps[job.steps.index(step) + 1 :]
-        soon = bool(rest) and rest[0].cost * job.progress.factor < REDEPLOY_AFTER_S
-        if self.pending and not (soon and self.endpoints is not None):
-            self.deploy(survey(self.settings)[0])
-            self.pending.clear()
-
-    def run(self, servable: dict[str, list[str]], job: MissingTraining | None) -> Endpoints:
-        """Deploy ``servable`` (when any), then train ``job``'s steps, deploying as they complete; logs the
-        plan first and a summary at the end. Returns the last deployment's endpoints."""
-        t0 = time.monotonic()
-        if job is not None:
-            log.info("%s", describe(job.steps, job.progress.factor))
-        if servable:
-            self.deploy(servable)
-        if job is not None:
-            job.run(lambda step: self.after_step(job, step))
-            log.info(
-                "trained %d members in %.1f min; serving %s",
-                sum(len(s.todo) for s in job.steps),
-                (time.monotonic() - t0) / 60,
-                ", ".join(sorted(survey(self.settings)[0])),
-            )
-        if self.endpoints is None:
-            raise NotTrained(f"no defense can be built from store {self.settings.store}")
-        return self.endpoints
-
-
-def plan_missing(s: ServeSettings, defenses: Iterable[str], data_root: str | None = None) -> MissingTraining:
-    """The training schedule of ``defenses`` (their missing members and post steps) on the preset's data."""
-    from ensdef.data import load_dataset
-
-    preset, store = load_preset(s.preset), ArtifactStore(s.store)
-    data = load_dataset(preset.dataset, data_root or preset.data_root)
-    wanted = sorted(defenses)
-    unknown = [d for d in wanted if d not in DEFENSE_POOLS]
-    if unknown:
-        raise ConfigError(f"cannot train for {', '.join(unknown)}: no pools known (ensdef.training.schedule)")
-    steps = schedule(preset, data, store, wanted)
-    return MissingTraining(preset, data, store, steps, Progress(steps, store, preset, wanted))
 
 
 def wait_for_ports(host: str, ports: Iterable[int], timeout_s: float = 20.0) -> None:
