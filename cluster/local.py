@@ -25,8 +25,13 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 # A cluster on one machine, reachable from it only: no auth token to distribute, and Serve's proxy checks wait
-# for a busy small machine. Drivers of this cluster need the same RAY_AUTH_MODE.
-LOCAL_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60"}
+# for a busy small machine. Drivers of this cluster need the same RAY_AUTH_MODE. A stopped node drains for 5 s
+# (Ray's default, 30 s, is for replacing pods behind a load balancer; the head waited it out on every stop).
+LOCAL_ENV = {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
+    "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "5",
+}
 
 
 def free_port() -> int:
@@ -133,21 +138,28 @@ class LocalCluster:
         return self.address
 
     def stop_node(self, name: str) -> None:
-        """End node ``name`` (its ``ray start --block`` stops the node's raylet and workers)."""
-        proc = self.procs.pop(name)
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        """End node ``name`` (its ``ray start --block`` drains, then stops the node's raylet and workers)."""
+        self._stop([name])
+
+    def _stop(self, names: list[str]) -> None:
+        """SIGTERM to every node of ``names`` at once, then wait for each (SIGKILL to its group after 60 s)."""
+        procs = [self.procs.pop(n) for n in names]
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
 
     def start_node(self, name: str) -> None:
         self._launch(self.workers[name])
         self.wait_for(len(self.procs))
 
     def stop(self) -> None:
-        for name in [n for n in self.procs if n != "head"] + (["head"] if "head" in self.procs else []):
-            self.stop_node(name)
+        self._stop([n for n in self.procs if n != "head"])  # the workers together, then the head
+        if "head" in self.procs:
+            self._stop(["head"])
         # `ray start --head` records the cluster for `ray.init()` to find; do not leave a dead one behind
         current = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
         if current.exists() and current.read_text().strip().endswith(f":{self.port}"):
