@@ -7,7 +7,6 @@ import argparse
 import contextlib
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -73,19 +72,6 @@ def _serve(a: argparse.Namespace) -> Result:
             args[key] = value
     if a.defenses:
         args["defenses"] = list(csv(a.defenses) or ())
-    if a.detach and (a.address == "local" or not (a.address or os.environ.get("RAY_ADDRESS"))):
-        raise ConfigError(
-            "--detach needs the Ray cluster to deploy onto: --address ADDR, or --address auto for the one "
-            "`ray start --head` runs here (a Ray this command started would end with it)"
-        )
-    settings = ServeSettings.from_dict(args)
-    servable, missing = launch.survey(settings)
-    job = progressive.plan_missing(settings, missing, a.data_root) if missing and a.train_missing else None
-    if job is None and missing and (settings.defenses or not servable):
-        raise NotTrained(
-            "missing artifacts (run with --train-missing, or `ensdef train`): "
-            + "; ".join(f"{k}: {v}" for k, v in missing.items())
-        )
     ingress = launch.IngressMode(a.ingress)
     http_port = int(http["port"])
     target = progressive.Target(
@@ -98,14 +84,28 @@ def _serve(a: argparse.Namespace) -> Result:
         ingress,
         launch.direct_ingress_env(http_port, int(grpc_port)) if ingress is launch.IngressMode.DIRECT else None,
     )
-    server = progressive.Progressive(settings, target)
+    if a.detach and target.starts_ray:
+        raise ConfigError(
+            "--detach needs the Ray cluster to deploy onto: --address ADDR, or --address auto for the one "
+            "`ray start --head` runs here (a Ray this command started would end with it)"
+        )
+    settings = ServeSettings.from_dict(args)
+    servable, missing = launch.survey(settings)
+    job = progressive.plan_missing(settings, missing, a.data_root) if missing and a.train_missing else None
+    if job is None and missing and (settings.defenses or not servable):
+        raise NotTrained(
+            "missing artifacts (run with --train-missing, or `ensdef train`): "
+            + "; ".join(f"{k}: {v}" for k, v in missing.items())
+        )
+    trains = job is not None
     if job is not None and a.detach:  # nothing stays behind to train once this process returns
         log.info("%s", describe(job.steps, job.progress.factor))
         job.run()
         servable, job = launch.survey(settings)[0], None
     with contextlib.redirect_stdout(sys.stderr):  # Ray's start-up lines; stdout stays the result
-        ep = server.run(servable, job)
-    missing = launch.survey(settings)[1]
+        ep = progressive.Progressive(settings, target).run(servable, job)
+    if trains:
+        missing = launch.survey(settings)[1]
     out = {**ep.to_json(), "not_served": missing}
     if a.detach:  # the application stays on the cluster after this process ends
         return {**out, "detached": True, "ray_address": ep.ray_address}, 0

@@ -63,16 +63,15 @@ def random_store(tmp_path_factory: pytest.TempPathFactory, mnist5k: Dataset):
 
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory: pytest.TempPathFactory, mnist5k: Dataset):
-    """A store with every pool of ``fixtures/tiny.yaml`` trained for one epoch and a team selection."""
+    """A store with every pool of ``fixtures/tiny.yaml`` trained for one epoch, with the verifiers' team
+    selection and DeT's reformer list (the pools' post steps)."""
     from ensdef.presets import load_preset
     from ensdef.store import ArtifactStore
     from ensdef.training.pools import Pool, train_pools
-    from ensdef.training.selection import run_selection
 
     preset = load_preset(FIXTURES / "tiny.yaml")
     store = ArtifactStore(tmp_path_factory.mktemp("tiny-store"))
     train_pools(preset, mnist5k, store, list(Pool))
-    run_selection(store, preset, mnist5k.val)
     return store, preset
 
 

@@ -11,6 +11,7 @@ layer reads it (:func:`training_view`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -118,8 +119,7 @@ def schedule(
         done |= set(todo[best])
         ready = {d for d in left if all(p not in steps or p in done for p in DEFENSE_POOLS[d])}
         if order:
-            last = order[-1]
-            order[-1] = Step(last.pool, last.total, last.todo, last.post_cost, last.unlocks + tuple(sorted(ready)))
+            order[-1] = dataclasses.replace(order[-1], unlocks=order[-1].unlocks + tuple(sorted(ready)))
         left -= ready
     return order
 
