@@ -1,6 +1,6 @@
 """The adaptive cells of the evaluation harness: attacks through the whole defense at the full budget (PGD
 with EOT and the detector-aware objective, its doubled-iteration check and epsilon curve, APGD with
-cross-entropy and targeted DLR, Square on the defense's scores, HopSkipJump on its decisions),
+cross-entropy and targeted DLR, Square on the defense's scores, HopSkipJump and Square on its decisions),
 Liang and Samavi (2021)'s superimposition,
 Lee et al. (2021)'s multi-sample attack on RLS, and the attack-failure indicators. A mixin of
 :class:`~ensdef.evaluation.harness.Harness`, whose caching and scoring it uses."""
@@ -78,7 +78,9 @@ class AdaptiveCells:
         out["adaptive/apgd-dlr-targeted"] = self.apgd_cell(name, defense, "difference_logits_ratio", c.apgd_targets)
         out[f"adaptive/{c.blackbox_attack}"] = self.blackbox(name, defense)
         if c.decision_iter > 0:
-            out["adaptive/hopskipjump-decisions"] = self.decision_cell(name, defense)
+            out["adaptive/hopskipjump-decisions"] = self.decision_cell(name, defense, "hopskipjump")
+        if c.blackbox_iter > 0:
+            out["adaptive/square-decisions"] = self.decision_cell(name, defense, "square")
         try:
             members = defense.members(make_generator(c.seed))
         except NotImplementedError:
@@ -159,29 +161,28 @@ class AdaptiveCells:
 
         return self.cached_cell(name, "blackbox", parts, make)
 
-    def decision_cell(self, name: str, defense: Defense) -> dict[str, Any]:
-        """HopSkipJump on the defense's decisions, as a query-only client sees them, projected onto the budget."""
+    def decision_cell(self, name: str, defense: Defense, attack: str) -> dict[str, Any]:
+        """A query-only attacker on the defense's decisions (labels, refusals as the true label), as a client
+        of the service sees them, projected onto the budget: HopSkipJump (``decision_iter`` iterations of
+        ``decision_evals`` queries) or Square (``blackbox_iter`` queries per image)."""
         c = self.cfg
-        params = attack_params(
-            "hopskipjump",
-            self.budget(
-                "hopskipjump",
-                max_iter=c.decision_iter,
-                max_eval=c.decision_evals,
-                init_eval=max(1, min(100, c.decision_evals // 2)),
-            ),
-        )
+        if attack == "hopskipjump":
+            more = {"max_iter": c.decision_iter, "max_eval": c.decision_evals}
+            more["init_eval"] = max(1, min(100, c.decision_evals // 2))
+        else:
+            more = {"max_iter": c.blackbox_iter}
+        params = attack_params(attack, self.budget(attack, **more))
         eps = c.eps_curve[-1]
-        parts = self._key(defense=name, attack="hopskipjump", params=params, eps=eps)
+        parts = self._key(defense=name, attack=attack, params=params, eps=eps)
 
         def make() -> dict:
             def gen() -> np.ndarray:
-                return DecisionAttack(eps, params, c.seed, self.k)(defense, self.ref.x, self.ref.y)[0]
+                return DecisionAttack(eps, params, c.seed, self.k, attack)(defense, self.ref.x, self.ref.y)[0]
 
             adv = self.examples("decisions", parts, gen)
-            return self.cell(defense, "decisions", adv, {"attack": "hopskipjump", "sees": "decisions", **params})
+            return self.cell(defense, "decisions", adv, {"attack": attack, "sees": "decisions", **params})
 
-        return self.cached_cell(name, "decisions", parts, make)
+        return self.cached_cell(name, f"decisions-{attack}", parts, make)
 
     def superimposition(self, name: str, defense: Defense, members: list, k: int) -> dict[str, Any]:
         """DeepFool on each of (at most) 5 members, the k smallest successful perturbations superimposed."""
