@@ -8,6 +8,7 @@ Per-client query counts (the signal of a query-based attack) are exported per cl
 """
 
 # no `from __future__ import annotations`: FastAPI must see the real Request annotation
+import hashlib
 import json
 import logging
 import secrets
@@ -26,7 +27,7 @@ from ray.serve.metrics import Counter
 from deployments.router import Routing, Verdict
 from ensdef.errors import EnsdefError, InvalidInput, TooLarge
 from ensdef.io.proto import ensdef_pb2
-from ensdef.io.validation import Limits, check_bytes, from_image_file, from_raw, parse_json
+from ensdef.io.validation import Limits, check_bytes, from_image_file, from_raw, parse_json_body
 from ensdef.store import ArtifactStore
 from ensdef.training.schedule import TRAINING_PROGRESS, training_view
 
@@ -52,6 +53,25 @@ class Training(LookupError):
 
 
 PROGRESS_TTL_S = 1.0  # the training progress is read from the store at most once a second
+
+
+def client_label(raw: str) -> str:
+    """A metrics tag for a client id: printable ASCII up to 64 characters kept, anything else hashed."""
+    if raw and len(raw) <= 64 and raw.isascii() and raw.isprintable():
+        return raw
+    return "sha256:" + hashlib.sha256(raw.encode("utf-8", "replace")).hexdigest()[:16] if raw else "unknown"
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, read in chunks and refused (413) as soon as it passes ``limit`` bytes (chunked uploads
+    declare no length, so the declared one cannot be trusted alone)."""
+    chunks, n = [], 0
+    async for chunk in request.stream():
+        n += len(chunk)
+        if n > limit:
+            raise TooLarge(f"payload over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _fail(ctx: RayServegRPCContext, code: grpc.StatusCode, details: str) -> ensdef_pb2.ClassifyResponse:
@@ -88,7 +108,10 @@ class Ingress:
 
     # --- shared -----------------------------------------------------------------------------------------
     def _admin(self, token: str | None) -> bool:
-        return bool(self.admin_token) and bool(token) and secrets.compare_digest(token, self.admin_token)
+        """Constant-time comparison of bytes (any header value: latin-1 from HTTP, UTF-8 from gRPC)."""
+        if not (self.admin_token and token):
+            return False
+        return secrets.compare_digest(token.encode("utf-8", "replace"), self.admin_token.encode("utf-8"))
 
     def _seed(self, seed: Any, admin: bool) -> int:
         """Fresh randomness per request; a caller-chosen seed would let an attacker fix it (admin only)."""
@@ -150,24 +173,19 @@ class Ingress:
         """Body: JSON ``{"images": nested lists}`` or ``{"npy": base64 .npy}`` (optional ``"seed"``, admin
         only), or one image file (``Content-Type: image/png``). Header ``X-Admin-Token`` adds diagnostics."""
         admin = self._admin(request.headers.get("x-admin-token"))
-        client = request.headers.get("x-client-id") or (request.client.host if request.client else "unknown")
+        client = client_label(request.headers.get("x-client-id") or (request.client.host if request.client else ""))
         try:
             declared = request.headers.get("content-length", "")
             if declared.isdigit():
                 check_bytes(int(declared), self.limits, 2)  # refused before the body is read
-            raw = await request.body()
-            check_bytes(len(raw), self.limits, 2)  # chunked bodies declare no length
+            raw = await read_body(request, 2 * self.limits.max_bytes)
             kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
             if kind in IMAGE_TYPES:
                 x, seed = from_image_file(raw, self.limits), None
             elif kind in ("application/json", ""):
-                try:
-                    body = json.loads(raw)
-                except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                    raise InvalidInput(f"malformed JSON ({e})") from None
-                x, seed = parse_json(body, self.limits), body.get("seed")
+                x, seed = parse_json_body(raw, self.limits)
             else:
-                raise HTTPException(415, f"unsupported content type {kind!r}; send JSON or an image file")
+                raise HTTPException(415, f"unsupported content type {kind[:40]!r}; send JSON or an image file")
             verdict = await self._decide(defense, x, self._seed(seed, admin), client)
         except InvalidInput as e:
             self.bad.inc(1, tags={"reason": "too_large" if isinstance(e, TooLarge) else "invalid"})
@@ -188,7 +206,7 @@ class Ingress:
     ) -> ensdef_pb2.ClassifyResponse:
         admin = self._admin(request.admin_token)
         meta = dict(grpc_context.invocation_metadata())
-        client = str(meta.get("client-id") or grpc_context.peer())
+        client = client_label(str(meta.get("client-id") or grpc_context.peer()))
         try:
             x = from_raw(request.tensor, list(request.shape), request.dtype, self.limits)
             seed = self._seed(request.seed if request.HasField("seed") else None, admin)
@@ -202,6 +220,9 @@ class Ingress:
             return _fail(grpc_context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except Training as e:
             return _fail(grpc_context, grpc.StatusCode.UNAVAILABLE, str(e))
+        except Exception:  # a bug: logged here with its traceback, never sent to the client
+            log.exception("Classify failed")
+            return _fail(grpc_context, grpc.StatusCode.INTERNAL, "internal error; the service logged it")
         if verdict.unavailable:
             return _fail(grpc_context, grpc.StatusCode.UNAVAILABLE, f"{request.defense}: {verdict.unavailable}")
         answers = []

@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 SERVICER = "ensdef.io.proto.ensdef_pb2_grpc.add_EnsdefServicer_to_server"
 # Serve's 5 s proxy readiness check fails on a busy 2-core machine; a local Ray inherits these.
 SMALL_MACHINE_ENV = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "60"}
+# Serve's gRPC proxy takes messages up to 2 GiB by default and buffers them whole before the ingress can refuse
+# them: 32 MiB covers the largest request the default limits allow (8 MB of tensor) with room to spare
+SERVICE_ENV = {"RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(32 * 2**20)}
 DIRECT_INGRESS_FLAG = "RAY_SERVE_ENABLE_DIRECT_INGRESS"
 PORT_SPAN = 100  # direct ingress: ports per protocol for ingress replicas on one node
 
@@ -64,7 +67,7 @@ def start_local(
     ``metrics_port`` (Ray picks one when None); an object store of ``object_store_mb`` (Ray's default: 30% of
     memory). ``env`` (e.g. :func:`direct_ingress_env`) is set for this process and so for every Ray process
     started from it."""
-    for k, v in SMALL_MACHINE_ENV.items():
+    for k, v in {**SMALL_MACHINE_ENV, **SERVICE_ENV}.items():
         os.environ.setdefault(k, v)
     os.environ.update(env or {})
     extra: dict[str, int] = {"_metrics_export_port": metrics_port} if metrics_port else {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ import numpy as np
 import torch
 
 from ensdef.errors import InvalidInput, TooLarge
+from ensdef.io.bounded_json import loads_bounded
+from ensdef.io.npy import MAX_RANK, read_npy
 
 DTYPES = {"float32": np.float32, "float64": np.float64, "uint8": np.uint8}
 
@@ -75,51 +78,68 @@ def from_lists(data: Any, limits: Limits) -> torch.Tensor:
         raise InvalidInput("no images in the request")
     try:
         a = np.asarray(data, dtype=np.float64)
-    except (ValueError, TypeError) as e:
-        raise InvalidInput(f"'images' is not a rectangular nested list of numbers ({e})") from None
+    except (ValueError, TypeError):
+        raise InvalidInput("'images' is not a rectangular nested list of numbers") from None
     return to_batch(a, limits)
 
 
 def from_npy_base64(text: Any, limits: Limits) -> torch.Tensor:
-    """A base64 string of a ``.npy`` file (``numpy.save``); pickled objects are refused."""
+    """A base64 string of a ``.npy`` file (``numpy.save``); archives, pickles and object arrays are refused."""
     if not isinstance(text, str):
         raise InvalidInput("'npy' must be a base64 string of a .npy file")
     check_bytes(len(text) * 3 // 4, limits)
     try:
         raw = base64.b64decode(text, validate=True)
-        a = np.load(io.BytesIO(raw), allow_pickle=False)
-    except (binascii.Error, ValueError, OSError, EOFError) as e:
-        raise InvalidInput(f"'npy' is not a base64-encoded .npy array ({e})") from None
-    return to_batch(a, limits)
+    except (binascii.Error, ValueError):
+        raise InvalidInput("'npy' is not valid base64") from None
+    return to_batch(read_npy(raw), limits)
 
 
 def from_raw(data: bytes, shape: Sequence[int], dtype: str, limits: Limits) -> torch.Tensor:
     """Raw C-order little-endian bytes with their shape and dtype name (the gRPC request)."""
     check_bytes(len(data), limits)
     if dtype not in DTYPES:
-        raise InvalidInput(f"dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
-    if not shape or any(int(s) <= 0 for s in shape):
-        raise InvalidInput(f"shape {list(shape)} must be a non-empty list of positive sizes")
+        raise InvalidInput(f"dtype {dtype[:32]!r} is not supported; use one of {', '.join(DTYPES)}")
+    if not shape or len(shape) > MAX_RANK or any(int(s) <= 0 for s in shape):
+        raise InvalidInput(f"shape must list 1 to {MAX_RANK} positive sizes, got {len(shape)} sizes")
     dt = np.dtype(DTYPES[dtype]).newbyteorder("<")
-    need = int(np.prod([int(s) for s in shape])) * dt.itemsize
+    need = math.prod(int(s) for s in shape) * dt.itemsize  # exact: sizes near 2**64 do not wrap
     if len(data) != need:
-        raise InvalidInput(f"shape {list(shape)} of {dtype} needs {need} bytes, got {len(data)}")
+        raise InvalidInput(f"shape {[int(s) for s in shape]} of {dtype} needs {need} bytes, got {len(data)}")
     return to_batch(np.frombuffer(data, dtype=dt).reshape([int(s) for s in shape]).astype(dt.newbyteorder("=")), limits)
 
 
 def from_image_file(raw: bytes, limits: Limits) -> torch.Tensor:
-    """One uploaded image file (PNG, JPEG, ...) converted to the service's channels and size-checked."""
-    from PIL import Image, UnidentifiedImageError
+    """One uploaded image file (PNG, JPEG, ...) converted to the service's channels; its declared size is
+    checked against the service's before any pixel is decoded."""
+    from PIL import Image
 
     check_bytes(len(raw), limits)
+    _, h, w = limits.shape
     try:
-        img = Image.open(io.BytesIO(raw))
-        img.load()
-    except (UnidentifiedImageError, OSError) as e:
-        raise InvalidInput(f"the upload is not a readable image ({e})") from None
+        img = Image.open(io.BytesIO(raw))  # reads the header (and bounded text chunks) only
+        size = img.size
+        if size == (w, h):
+            img.load()
+    except Image.DecompressionBombError:
+        raise InvalidInput("the image declares more pixels than the decoder's safety limit") from None
+    except Exception:  # noqa: BLE001 (untrusted bytes: Pillow raises OSError, ValueError, SyntaxError, bombs...)
+        raise InvalidInput("the upload is not a readable image") from None
+    if size != (w, h):
+        raise InvalidInput(f"an image of {size[0]} x {size[1]} pixels; the service takes {w} x {h}")
     c = limits.shape[0]
     a = np.asarray(img.convert("L" if c == 1 else "RGB"), dtype=np.uint8)
     return to_batch(a[None] if c == 1 else a.transpose(2, 0, 1), limits)
+
+
+def parse_json_body(raw: bytes, limits: Limits) -> tuple[torch.Tensor, Any]:
+    """Images and the optional ``seed`` of a JSON request body, parsed within bounds that a well-formed
+    request of at most ``max_images`` images never reaches (:func:`~ensdef.io.bounded_json.loads_bounded`)."""
+    c, h, w = limits.shape
+    containers = limits.max_images * c * (h + 1) + limits.max_images + 8
+    body = loads_bounded(raw, max_depth=6, max_containers=containers, max_values=limits.max_images * c * h * w + 16)
+    x = parse_json(body, limits)
+    return x, body.get("seed")
 
 
 def parse_json(body: Any, limits: Limits) -> torch.Tensor:
@@ -140,9 +160,5 @@ def read_images(path: str | Path, limits: Limits) -> torch.Tensor:
     raw = p.read_bytes()
     if p.suffix == ".npy":
         check_bytes(len(raw), limits)
-        try:
-            a = np.load(io.BytesIO(raw), allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise InvalidInput(f"{p.name} is not a .npy array ({e})") from None
-        return to_batch(a, limits)
+        return to_batch(read_npy(raw, p.name), limits)
     return from_image_file(raw, limits)

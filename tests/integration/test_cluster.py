@@ -176,17 +176,21 @@ def _rates(rows: dict) -> dict:
 def test_evaluation_rows_run_as_ray_tasks_on_several_nodes(cluster, tiny_store, tmp_path: Path) -> None:
     """``ensdef evaluate --address``: one task per defense row, spread over the nodes (state API), and the
     same figures as the rows computed in process with the same seeds."""
+    from ensdef.cli import main
+
     store, _ = tiny_store
     defenses = "target,rls,noisy-vote,det"
     common = ["--preset", str(FIXTURES / "tiny.yaml"), "--store", store.root, "--defenses", defenses]
-    common += ["--threats", "adaptive", "--no-cache"]
-    ensdef("evaluate", *common, "--out", str(tmp_path / "spread"), "--address", cluster.address,
+    common += ["--threats", "adaptive"]
+    ensdef("evaluate", *common, "--no-cache", "--out", str(tmp_path / "spread"), "--address", cluster.address,
            "--task-cpus", "0.25")  # fmt: skip
     tasks = [t for t in cluster.state("tasks") if str(t.get("name", "")).startswith("evaluate:")]
     done = {t["name"]: t["node_id"] for t in tasks if t["state"] == "FINISHED"}
     assert set(done) == {f"evaluate:{d}" for d in defenses.split(",")}, done
     assert len(set(done.values())) > 1, f"every row ran on one node: {done}"
-    ensdef("evaluate", *common, "--out", str(tmp_path / "here"))
+    # in this process, through the store's cache: cells another in-process run already computed (the same
+    # keys) are read, the rest computed here and kept for the harness tests
+    assert main(["evaluate", *common, "--out", str(tmp_path / "here"), "--json"]) == 0
     spread = json.loads((tmp_path / "spread" / "report.json").read_text())
     here = json.loads((tmp_path / "here" / "report.json").read_text())
     assert _rates(spread["rows"]) == _rates(here["rows"])

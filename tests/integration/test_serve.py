@@ -106,7 +106,7 @@ def _npy(a: np.ndarray) -> str:
         ("target", {"images": np.zeros((1, 1, 1, 28, 28)).tolist()}, "application/json", None, 422, "rank 5"),
         ("target", {"npy": _npy(np.zeros((1, 1, 28, 28), np.int64))}, "application/json", None, 422, "dtype int64"),
         ("target", {"images": np.full((1, 1, 28, 28), 2.0).tolist()}, "application/json", None, 422, "[0, 1]"),
-        ("target", b'{"images": [[[NaN]]]}', "application/json", None, 422, "shape"),
+        ("target", b'{"images": [[[NaN]]]}', "application/json", None, 422, "NaN"),
         ("target", {"npy": _npy(np.full((1, 1, 28, 28), np.nan, np.float32))}, "application/json", None, 422, "NaN"),
         ("target", {"images": np.zeros((9, 1, 28, 28)).tolist()}, "application/json", None, 422, "limit of 8"),
         ("target", {"npy": _npy(np.zeros((80, 1, 28, 28), np.float32))}, "application/json", None, 413, "bytes"),
@@ -122,6 +122,44 @@ def test_bad_http_input_gets_a_4xx_with_a_message(served, defense, body, kind, t
     r = post(ep, defense, body, token=token, kind=kind)
     assert r.status_code == status, r.text
     assert message in r.json()["detail"]
+
+
+def _npz() -> str:
+    buf = io.BytesIO()
+    np.savez(buf, a=np.zeros((1, 28, 28), np.float32))
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_hostile_http_requests_get_a_4xx_without_reprs(served, mnist5k) -> None:
+    """Inputs an outside fuzzing run found 500s with: each is a 4xx with a short message, none carries a
+    repr, path or traceback, and the service answers normally afterwards."""
+    from tests.unit.test_hostile_inputs import REPR, chunk, png_declaring
+
+    ep = served[0]
+    ok = {"images": mnist5k.test.x[:1].tolist()}
+    url = f"{ep.http}/v1/target/classify"
+    js = {"Content-Type": "application/json"}
+    big_body = (b"[" * 65536 for _ in range(8))  # chunked: no Content-Length, 512 KiB over a 400 KB cap
+    ztxt = chunk(b"zTXt", b"k\0\0" + __import__("zlib").compress(b"a" * 20_000_000))
+    cases = [
+        (requests.post, {"data": b'{"images": ' + b"[" * 5000 + b"]" * 5000 + b"}", "headers": js}, 422),
+        (requests.post, {"data": b'{"images": [' + b"9" * 5000 + b"]}", "headers": js}, 422),
+        (requests.post, {"data": b'{"images": [' + b"1" * 400 + b"]}", "headers": js}, 422),
+        (requests.post, {"data": __import__("json").dumps({"npy": _npz()}), "headers": js}, 422),
+        (requests.post, {"data": png_declaring(13_000, 13_000), "headers": {"Content-Type": "image/png"}}, 422),
+        (requests.post, {"data": png_declaring(20_000, 20_000), "headers": {"Content-Type": "image/png"}}, 422),
+        (requests.post, {"data": png_declaring(28, 28, extra=ztxt), "headers": {"Content-Type": "image/png"}}, 422),
+        (requests.post, {"data": big_body, "headers": js}, 413),
+        (requests.post, {"json": ok, "headers": {"X-Admin-Token": "t\u00e9st\u00ff"}}, 200),
+        (requests.post, {"json": ok, "headers": {"X-Client-Id": "cli\u00e9nt\u00ff" * 20}}, 200),
+    ]
+    for send, kwargs, status in cases:
+        r = send(url, timeout=60, **kwargs)
+        assert r.status_code == status, (r.status_code, r.text[:300])
+        if status >= 400:
+            detail = r.json()["detail"]
+            assert len(detail) < 200 and not any(bad in detail for bad in REPR), detail
+    assert requests.get(f"{ep.http}/healthz", timeout=30).status_code == 200
 
 
 def test_png_upload_and_bad_grpc_input(served, mnist5k) -> None:
@@ -144,6 +182,23 @@ def test_png_upload_and_bad_grpc_input(served, mnist5k) -> None:
         with pytest.raises(grpc.RpcError) as e:
             client.classify(defense, a)
         assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT and message in e.value.details()
+    from ensdef.io.proto import ensdef_pb2
+
+    raw = [  # (shape, tensor bytes, admin token): a product that wraps to 0, too many dimensions, a huge size
+        ([2**32, 2**32, 1, 1], b"", ""),
+        ([1] * 70, b"\0\0\0\0", ""),
+        ([2**63 - 1, 1, 28, 28], b"", ""),
+        ([1, 1, 28, 28], bytes(3136), "t\u00e9st"),  # a non-ASCII admin token is simply not the admin's
+    ]
+    for shape, data, token in raw:
+        req = ensdef_pb2.ClassifyRequest(defense="target", tensor=data, shape=shape, dtype="float32")
+        req.admin_token = token
+        try:
+            client.stub.Classify(req, metadata=client.metadata, timeout=60)
+            assert token, shape  # only the well-formed request may be answered
+        except grpc.RpcError as e:
+            assert e.code() is grpc.StatusCode.INVALID_ARGUMENT, (shape, e.code(), e.details()[:300])
+            assert "Traceback" not in e.details() and len(e.details()) < 200
     with pytest.raises(grpc.RpcError) as e:
         client.classify("target", np.zeros((1, 1, 28, 28), np.float32), seed=1)
     assert e.value.code() is grpc.StatusCode.PERMISSION_DENIED

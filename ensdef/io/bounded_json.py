@@ -1,0 +1,61 @@
+"""JSON request bodies parsed within bounds: the nesting depth, the number of containers and values, and the
+length of every number are checked on the raw bytes before anything is converted, so that no body can make
+the parser recurse deeply, build millions of Python objects or convert a number of thousands of digits.
+
+The scan removes string literals first (brackets and commas inside strings do not count), then counts with
+numpy. An image request needs depth ``1 + 4`` (the object, then images, channels, rows, pixels)."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import numpy as np
+
+from ensdef.errors import InvalidInput
+
+_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
+_OPEN, _CLOSE = np.frombuffer(b"[{", np.uint8), np.frombuffer(b"]}", np.uint8)
+MAX_NUMBER_CHARS = 32  # "-0.12345678901234567890123e-300" and the like; a pixel needs far fewer
+
+
+def _short(text: str) -> str:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise InvalidInput(f"a number of {len(text)} characters; numbers may have at most {MAX_NUMBER_CHARS}")
+    return text
+
+
+def _float(text: str) -> float:
+    return float(_short(text))
+
+
+def _int(text: str) -> int:
+    return int(_short(text))
+
+
+def _constant(name: str) -> float:
+    raise InvalidInput(f"{name} is not a valid pixel value")
+
+
+def loads_bounded(raw: bytes, max_depth: int, max_containers: int, max_values: int) -> Any:
+    """Parse ``raw`` (UTF-8 JSON) if its nesting depth is at most ``max_depth``, it opens at most
+    ``max_containers`` lists and objects and separates at most ``max_values`` values, and no number has more
+    than :data:`MAX_NUMBER_CHARS` characters. Raises :class:`InvalidInput` otherwise or when the
+    body is not JSON."""
+    bare = np.frombuffer(_STRING.sub(b'""', raw), np.uint8)
+    step = np.isin(bare, _OPEN).astype(np.int64) - np.isin(bare, _CLOSE)
+    depth = np.cumsum(step)
+    if len(depth) and (depth.min() < 0 or depth[-1] != 0):
+        raise InvalidInput("malformed JSON: unbalanced brackets")
+    if len(depth) and depth.max() > max_depth:
+        raise InvalidInput(f"JSON nested {int(depth.max())} deep; a request needs at most {max_depth}")
+    if int((step > 0).sum()) > max_containers:
+        raise InvalidInput(f"JSON with more than {max_containers} lists and objects")
+    if int((bare == ord(",")).sum()) >= max_values:
+        raise InvalidInput(f"JSON with more than {max_values} values")
+    try:
+        return json.loads(raw, parse_int=_int, parse_float=_float, parse_constant=_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        reason = e.msg if isinstance(e, json.JSONDecodeError) else "not UTF-8"
+        raise InvalidInput(f"malformed JSON ({reason})") from None
