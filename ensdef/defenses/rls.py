@@ -17,8 +17,8 @@ from ensdef.rng import make_generator
 
 
 def sampled_probs(net: RLSNet, x: torch.Tensor, paths: torch.Tensor) -> torch.Tensor:
-    """``[N, B, K]`` softmax outputs of the sampled networks ``paths`` ``[N, L]``."""
-    return torch.stack([net.forward_path(x, p).softmax(1) for p in paths])
+    """``[N, B, K]`` softmax outputs of the sampled networks ``paths`` ``[N, L]`` (shared prefixes run once)."""
+    return net.forward_paths(x, paths).softmax(2)
 
 
 class RLSEnsemble(Defense):

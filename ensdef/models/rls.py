@@ -63,6 +63,26 @@ class RLSNet(nn.Module):
             x = self.submodels[int(r)].units[l](x)
         return x
 
+    def forward_paths(self, x: torch.Tensor, paths: torch.Tensor) -> torch.Tensor:
+        """``[N, B, K]`` logits of the sampled networks ``paths`` ``[N, L]``, equal to ``forward_path`` for each
+        (the same operations on the same inputs). Paths that share their first units share that computation:
+        a unit runs once per distinct prefix, at most ``M^l`` times at depth ``l``, so the early units (the
+        costly full-resolution ones) of many sampled networks run only a few times."""
+        out: list[torch.Tensor | None] = [None] * len(paths)
+        rows = paths.tolist()
+
+        def walk(h: torch.Tensor, idx: list[int], depth: int) -> None:
+            if depth == self.num_units:
+                for i in idx:
+                    out[i] = h
+                return
+            for choice in sorted({rows[i][depth] for i in idx}):
+                same = [i for i in idx if rows[i][depth] == choice]
+                walk(self.submodels[choice].units[depth](h), same, depth + 1)
+
+        walk(x, list(range(len(rows))), 0)
+        return torch.stack(out)  # type: ignore[arg-type]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probs = torch.stack([self.forward_path(x, [m] * self.num_units).softmax(1) for m in range(self.num_submodels)])
         return probs.mean(0).clamp_min(1e-12).log()

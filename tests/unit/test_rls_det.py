@@ -55,6 +55,20 @@ def test_layer_sampler_hand_worked_and_export() -> None:
     assert not torch.equal(net.sample_paths(3, make_generator(2)), net.sample_paths(3, make_generator(3)))
 
 
+def test_shared_prefix_paths_equal_one_path_at_a_time_with_their_gradients() -> None:
+    net = _net().eval()
+    paths = net.sample_paths(40, make_generator(4))  # 40 draws over 2^L paths: shared prefixes and repeats
+    x = torch.rand(3, 1, 28, 28, generator=make_generator(5))
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    shared = net.forward_paths(xa, paths)
+    one = torch.stack([net.forward_path(xb, p) for p in paths])
+    assert shared.shape == (40, 3, 10) and torch.equal(shared, one)  # the same operations on the same inputs
+    w = torch.rand(40, 3, 10, generator=make_generator(6))
+    (shared * w).sum().backward()
+    (one * w).sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad)
+
+
 def test_group_loss_is_cross_entropy_of_the_mean_probability() -> None:
     net = _net()
     x, y = torch.rand(4, 1, 28, 28, generator=make_generator(0)), torch.tensor([0, 1, 2, 3])
