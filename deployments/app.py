@@ -153,5 +153,15 @@ def application(s: ServeSettings, defenses: dict[str, list[str]]) -> Application
     shape = store.manifest(next(iter(host_of))).input_shape
     return Ingress.options(
         ray_actor_options=ingress_options(s, bool(local)),
-        max_ongoing_requests=s.max_ongoing_requests,
-    ).bind(routers, inline, list(shape), s.max_images, s.max_bytes, s.admin_token, s.store)
+        max_ongoing_requests=s.ingress_max_ongoing_requests,
+    ).bind(
+        routers,
+        inline,
+        list(shape),
+        s.max_images,
+        s.max_bytes,
+        s.admin_token,
+        s.store,
+        s.body_timeout_s,
+        s.max_client_requests,
+    )

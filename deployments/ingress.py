@@ -8,6 +8,8 @@ Per-client query counts (the signal of a query-based attack) are exported per cl
 """
 
 # no `from __future__ import annotations`: FastAPI must see the real Request annotation
+import asyncio
+import collections
 import hashlib
 import json
 import logging
@@ -62,15 +64,28 @@ def client_label(raw: str) -> str:
     return "sha256:" + hashlib.sha256(raw.encode("utf-8", "replace")).hexdigest()[:16] if raw else "unknown"
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+class SlowBody(TimeoutError):
+    pass
+
+
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     """The body, read in chunks and refused (413) as soon as it passes ``limit`` bytes (chunked uploads
-    declare no length, so the declared one cannot be trusted alone)."""
+    declare no length, so the declared one cannot be trusted alone); :class:`SlowBody` when it has not fully
+    arrived within ``timeout_s``."""
     chunks, n = [], 0
-    async for chunk in request.stream():
-        n += len(chunk)
-        if n > limit:
-            raise TooLarge(f"payload over the limit of {limit} bytes")
-        chunks.append(chunk)
+
+    async def read() -> None:
+        nonlocal n
+        async for chunk in request.stream():
+            n += len(chunk)
+            if n > limit:
+                raise TooLarge(f"payload over the limit of {limit} bytes")
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(read(), timeout_s)
+    except TimeoutError:
+        raise SlowBody(f"the request body did not arrive within {timeout_s:g} s") from None
     return b"".join(chunks)
 
 
@@ -92,6 +107,8 @@ class Ingress:
         max_bytes: int,
         admin_token: str,
         store: str | None = None,
+        body_timeout_s: float = 5.0,
+        max_client_requests: int = 64,
     ) -> None:
         """``routers``: defense -> router deployment; ``inline``: :class:`Routing` arguments for the defenses this
         replica routes itself (packed); ``store``: where a training run started by ``ensdef serve
@@ -101,6 +118,8 @@ class Ingress:
         self.served = sorted(set(routers) | set(self.local.defenses if self.local else ()))
         self.limits = Limits((int(shape[0]), int(shape[1]), int(shape[2])), max_images, max_bytes)
         self.admin_token = admin_token
+        self.body_timeout_s, self.max_client_requests = body_timeout_s, max_client_requests
+        self.inflight: collections.Counter[str] = collections.Counter()  # HTTP requests per client address
         self.store = ArtifactStore(store) if store else None
         self._progress: tuple[float, dict[str, dict[str, Any]]] = (-PROGRESS_TTL_S, {})
         self.queries = Counter("ensdef_client_queries", description="images per client", tag_keys=("client",))
@@ -171,14 +190,28 @@ class Ingress:
     @app.post("/v1/{defense}/classify")
     async def classify(self, defense: str, request: Request) -> JSONResponse:
         """Body: JSON ``{"images": nested lists}`` or ``{"npy": base64 .npy}`` (optional ``"seed"``, admin
-        only), or one image file (``Content-Type: image/png``). Header ``X-Admin-Token`` adds diagnostics."""
+        only), or one image file (``Content-Type: image/png``). Header ``X-Admin-Token`` adds diagnostics.
+        At most ``max_client_requests`` at once per client address (429 above)."""
+        peer = request.client.host if request.client else ""
+        if self.inflight[peer] >= self.max_client_requests:
+            self.bad.inc(1, tags={"reason": "client_concurrency"})
+            raise HTTPException(429, "too many concurrent requests from this address", headers={"Retry-After": "1"})
+        self.inflight[peer] += 1
+        try:
+            return await self._classify(defense, request)
+        finally:
+            self.inflight[peer] -= 1
+            if not self.inflight[peer]:
+                del self.inflight[peer]
+
+    async def _classify(self, defense: str, request: Request) -> JSONResponse:
         admin = self._admin(request.headers.get("x-admin-token"))
         client = client_label(request.headers.get("x-client-id") or (request.client.host if request.client else ""))
         try:
             declared = request.headers.get("content-length", "")
             if declared.isdigit():
                 check_bytes(int(declared), self.limits, 2)  # refused before the body is read
-            raw = await read_body(request, 2 * self.limits.max_bytes)
+            raw = await read_body(request, 2 * self.limits.max_bytes, self.body_timeout_s)
             kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
             if kind in IMAGE_TYPES:
                 x, seed = from_image_file(raw, self.limits), None
@@ -192,6 +225,8 @@ class Ingress:
             raise HTTPException(413 if isinstance(e, TooLarge) else 422, str(e)) from None
         except PermissionError as e:
             raise HTTPException(403, str(e)) from None
+        except SlowBody as e:
+            raise HTTPException(408, str(e)) from None
         except Unknown as e:
             raise HTTPException(404, str(e)) from None
         except Training as e:

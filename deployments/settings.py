@@ -58,6 +58,10 @@ class ServeSettings:
     # Serve's default of 5 makes callers poll with backoff under load (throughput collapses at concurrency 32);
     # members batch internally (@serve.batch), so every replica accepts many requests at once
     max_ongoing_requests: int = 256
+    # the ingress only parses and awaits (async): slow clients may hold many of its slots while the body
+    # arrives, so it takes more at once than the members do
+    ingress_max_ongoing_requests: int = 512
+    max_client_requests: int = 64  # concurrent HTTP requests per client address (429 above; per ingress replica)
     router_num_cpus: float = 0.05  # router deployments (packing none; packed, the ingress routes)
     ingress_num_cpus: float = 0.05
     control_resources: dict[str, float] = field(default_factory=dict)  # routers and ingress (e.g. {"head": 0.01})
@@ -69,6 +73,9 @@ class ServeSettings:
     host_call_images: int = 2048
     max_images: int = 64
     max_bytes: int = 8_000_000
+    # a request whose body has not fully arrived after this long gets 408: clients that send headers and part
+    # of a body and then wait would otherwise hold ingress slots (max_ongoing_requests) until none is left
+    body_timeout_s: float = 5.0
     admin_token: str = ""  # empty: diagnostics and fixed seeds are off
     application: str = "ensdef"
     gpu_as: str = ""  # request this custom resource instead of GPUs (placement tests on CPU-only clusters)

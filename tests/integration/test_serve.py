@@ -162,6 +162,41 @@ def test_hostile_http_requests_get_a_4xx_without_reprs(served, mnist5k) -> None:
     assert requests.get(f"{ep.http}/healthz", timeout=30).status_code == 200
 
 
+def test_held_partial_connections_do_not_starve_the_service(served, mnist5k) -> None:
+    """300 connections that send headers and part of a body and then wait: each address gets at most
+    ``max_client_requests`` slots (429 beyond), a held body times out (408), and another client is answered
+    within a second throughout."""
+    import http.client
+    import socket
+    from urllib.parse import urlsplit
+
+    ep = served[0]
+    host, port = urlsplit(ep.http).hostname, urlsplit(ep.http).port
+    head = b"POST /v1/target/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    held = []
+    for _ in range(300):
+        sock = socket.create_connection((host, port), timeout=30)
+        sock.sendall(head + b'Content-Length: 100000\r\n\r\n{"images": [')
+        held.append(sock)
+    try:
+        time.sleep(1.0)
+        body = __import__("json").dumps({"images": mnist5k.test.x[:1].tolist()})
+        for method, path, data in [("GET", "/healthz", None), ("POST", "/v1/target/classify", body)]:
+            conn = http.client.HTTPConnection(host, port, timeout=10, source_address=("127.0.0.2", 0))
+            t0 = time.monotonic()
+            conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+            r = conn.getresponse()
+            assert r.status == 200 and time.monotonic() - t0 < 1.0, (path, r.status, time.monotonic() - t0)
+            conn.close()
+        statuses = []
+        for sock in held:
+            statuses.append(sock.recv(64).split(b" ")[1])  # 429 at once, or 408 once the body times out
+        assert set(statuses) <= {b"408", b"429"} and b"408" in statuses and b"429" in statuses, set(statuses)
+    finally:
+        for sock in held:
+            sock.close()
+
+
 def test_png_upload_and_bad_grpc_input(served, mnist5k) -> None:
     from PIL import Image
 
