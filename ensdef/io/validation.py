@@ -134,10 +134,12 @@ def from_image_file(raw: bytes, limits: Limits) -> torch.Tensor:
 
 def parse_json_body(raw: bytes, limits: Limits) -> tuple[torch.Tensor, Any]:
     """Images and the optional ``seed`` of a JSON request body, parsed within bounds that a well-formed
-    request of at most ``max_images`` images never reaches (:func:`~ensdef.io.bounded_json.loads_bounded`)."""
+    request of ``max_images`` images stays far below (:func:`~ensdef.io.bounded_json.loads_bounded`)."""
     c, h, w = limits.shape
-    containers = limits.max_images * c * (h + 1) + limits.max_images + 8
-    body = loads_bounded(raw, max_depth=6, max_containers=containers, max_values=limits.max_images * c * h * w + 16)
+    # four times what the largest allowed request needs: a request a little over the limit still gets the
+    # precise message ("9 images exceed the limit of 8"), and nothing gets near a memory problem
+    containers = 4 * (limits.max_images * (c * (h + 1) + 1) + 8)
+    body = loads_bounded(raw, max_depth=6, max_containers=containers, max_values=4 * limits.max_images * c * h * w + 16)
     x = parse_json(body, limits)
     return x, body.get("seed")
 
