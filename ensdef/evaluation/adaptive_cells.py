@@ -40,7 +40,7 @@ class AdaptiveCells:
     def _adaptive_cell(self, name: str, defense: Defense, eps: float, iters: int) -> dict[str, Any]:
         """Adaptive attack at ``eps`` with ``iters`` steps of size 2.5 * eps_max / adaptive_iter (fixed, so
         that doubling the iterations can only search further)."""
-        c = self.cfg
+        c = self.cfg.for_defense(name)
         step = 2.5 * c.eps_curve[-1] / c.adaptive_iter
         params = attack_params(
             c.adaptive_attack, self.budget(c.adaptive_attack, eps=eps, eps_step=step, max_iter=iters)
@@ -68,7 +68,7 @@ class AdaptiveCells:
         return self.cached_cell(name, "adaptive", parts, make)
 
     def adaptive(self, name: str, defense: Defense) -> dict[str, dict[str, Any]]:
-        c = self.cfg
+        c = self.cfg.for_defense(name)
         eps = c.eps_curve[-1]
         out = {f"adaptive/{c.adaptive_attack}": self._adaptive_cell(name, defense, eps, c.adaptive_iter)}
         out[f"adaptive/{c.adaptive_attack}-2x"] = self._adaptive_cell(name, defense, eps, 2 * c.adaptive_iter)
@@ -96,7 +96,7 @@ class AdaptiveCells:
 
     def failure_indicators(self, name: str, defense: Defense) -> list[dict[str, Any]]:
         """Attack-failure indicators of the adaptive attack's surrogate at the full budget (cached)."""
-        c = self.cfg
+        c = self.cfg.for_defense(name)
         samples = c.eot if defense.randomized else 0
         parts = {"eps": c.eps_curve[-1], "steps": c.adaptive_iter, "eot": samples}
 
@@ -113,7 +113,7 @@ class AdaptiveCells:
         """APGD (cross-entropy, or targeted DLR at ``targets`` wrong classes) through the EOT surrogate at the
         full budget, ``apgd_iter`` steps and ``apgd_restarts`` random restarts; for a defense that flags or
         abstains, also through its detector-aware surrogate (the worse for the defense per image)."""
-        c = self.cfg
+        c = self.cfg.for_defense(name)
         more = {"eps": c.eps_curve[-1], "max_iter": c.apgd_iter, "restarts": c.apgd_restarts}
         params = attack_params("apgd", self.budget("apgd", **more))
         aware = defense.can_flag
@@ -146,7 +146,7 @@ class AdaptiveCells:
 
     def blackbox(self, name: str, defense: Defense) -> dict[str, Any]:
         """ART's Square attack on the defense's output scores (one random draw per query)."""
-        c = self.cfg
+        c = self.cfg.for_defense(name)
         params = attack_params(
             c.blackbox_attack, self.budget(c.blackbox_attack, eps=c.eps_curve[-1], max_iter=c.blackbox_iter)
         )
@@ -165,7 +165,7 @@ class AdaptiveCells:
         """A query-only attacker on the defense's decisions (labels, refusals as the true label), as a client
         of the service sees them, projected onto the budget: HopSkipJump (``decision_iter`` iterations of
         ``decision_evals`` queries) or Square (``blackbox_iter`` queries per image)."""
-        c = self.cfg
+        c = self.cfg.for_defense(name)
         if attack == "hopskipjump":
             more = {"max_iter": c.decision_iter, "max_eval": c.decision_evals}
             more["init_eval"] = max(1, min(100, c.decision_evals // 2))
@@ -210,7 +210,7 @@ class AdaptiveCells:
         return self.cached_cell(name, f"superimpose-{k}", {**base, "k": k}, make)
 
     def multi_sample(self, name: str, defense: RLSEnsemble, n: int) -> dict[str, Any]:
-        c = self.cfg
+        c = self.cfg.for_defense(name)
         params = attack_params(c.graybox_attack, self.budget(c.graybox_attack))
         parts = self._key(defense=name, attack=c.graybox_attack, params=params, sampled=n)
 

@@ -30,7 +30,8 @@ from ensdef.attacks.catalog import attack_params, run_attack
 from ensdef.attacks.graybox import graybox_examples
 from ensdef.data import Dataset, Split, load_dataset
 from ensdef.defenses.base import Defense
-from ensdef.defenses.registry import build_defense, load_target
+from ensdef.defenses.registry import DEFENSES, build_defense, load_target
+from ensdef.errors import ConfigError
 from ensdef.evaluation.adaptive_cells import AdaptiveCells
 from ensdef.evaluation.sanity import indicator_checks, run_checks
 from ensdef.evaluation.scoring import attack_set_indices, score, scored_cell
@@ -131,6 +132,8 @@ class Harness(AdaptiveCells):
         self.device = torch.device(device)
         self.store, self.preset, self.data = store, preset, data
         self.cfg = cfg or preset.evaluation
+        if unknown := sorted(set(self.cfg.per_defense) - set(DEFENSES)):
+            raise ConfigError(f"evaluation.per_defense names unknown defenses {unknown}; known: {sorted(DEFENSES)}")
         self.threats, self.cache = threats, AttackCache(store, use_cache)
         self.fingerprints: dict[str, str] = {}  # defense -> digest of the artifacts it is built from
         self.k = data.num_classes

@@ -43,6 +43,15 @@ def _ci(v: list[float] | None) -> str | None:
     return None if v is None else f"[{v[0]:.3f}, {v[1]:.3f}]"
 
 
+def _cuts(ev: dict[str, Any]) -> list[str]:
+    """The report's line on the defenses whose adaptive budgets were cut (``per_defense``), if any."""
+    cuts = ev.get("per_defense") or {}
+    if not cuts:
+        return []
+    said = "; ".join(f"{d}: " + ", ".join(f"{k} {v}" for k, v in more.items()) for d, more in sorted(cuts.items()))
+    return ["", f"**Budgets cut to fit the machine** (the rest of the suite as above): {said}."]
+
+
 def summary(report: Report) -> list[dict[str, Any]]:
     """One line per defense, the worst case first: worst-case robust accuracy (correct and answered under
     every attack within the budget) with its count and 95% interval, and the worst-case defended rate (correct,
@@ -100,6 +109,7 @@ def markdown(report: Report) -> str:
         f"Attack set: {cfg['n_attack_set']} correctly classified test images, balanced per class; "
         f"threats {', '.join(cfg['threats'])}; seed {cfg['evaluation']['seed']}; EOT "
         f"{cfg['evaluation']['eot']}; target sha256 `{cfg['target_sha256'][:12]}`.",
+        *_cuts(cfg["evaluation"]),
         "",
         "## Summary",
         "",

@@ -17,6 +17,7 @@ from ensdef.config import from_mapping
 from ensdef.errors import ConfigError
 from ensdef.presets.budgets import check_attacks
 from ensdef.presets.schema import (
+    PER_DEFENSE,
     BaselineConfig,
     ClassifierSpec,
     DenoiserMember,
@@ -122,4 +123,17 @@ def load_preset(name_or_path: str | Path) -> Preset:
     e = preset.evaluation
     attacks = (*e.static_attacks, e.graybox_attack, e.adaptive_attack, e.blackbox_attack, preset.tune.teams.attack)
     check_attacks(attacks, e.budgets, f"{where}: evaluation")
+    check_per_defense(e, f"{where}: evaluation.per_defense")
     return preset
+
+
+def check_per_defense(e: EvalConfig, where: str) -> None:
+    """Every key of ``per_defense`` overrides must be one of :data:`PER_DEFENSE`, with a positive integer."""
+    for defense, more in e.per_defense.items():
+        if not isinstance(more, dict):
+            raise ConfigError(f"{where}.{defense}: expected a mapping of budget overrides")
+        for key, value in more.items():
+            if key not in PER_DEFENSE:
+                raise ConfigError(f"{where}.{defense}: {key!r} cannot be set per defense; choose from {PER_DEFENSE}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{where}.{defense}.{key}: expected a non-negative integer, got {value!r}")

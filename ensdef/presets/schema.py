@@ -3,7 +3,7 @@ Typed, frozen dataclasses; :func:`ensdef.presets.load_preset` builds them strict
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ensdef.config import from_mapping, to_plain
@@ -223,6 +223,26 @@ class EvalConfig:
     # a query-only attacker on the served decisions (HopSkipJump; 0 iterations: no such cell)
     decision_iter: int = 10
     decision_evals: int = 200  # gradient-estimation queries per iteration
+    # per defense, smaller adaptive budgets where the full ones do not fit the machine (keys: PER_DEFENSE);
+    # every cell reports the budget it ran with, and the report lists the defenses whose budgets were cut
+    per_defense: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def for_defense(self, name: str) -> EvalConfig:
+        """This config with ``per_defense[name]`` applied (itself when the defense has no override)."""
+        more = self.per_defense.get(name)
+        return replace(self, **more) if more else self
+
+
+PER_DEFENSE = (
+    "adaptive_iter",
+    "eot",
+    "apgd_iter",
+    "apgd_restarts",
+    "apgd_targets",
+    "decision_iter",
+    "decision_evals",
+    "blackbox_iter",
+)
 
 
 @dataclass(frozen=True)

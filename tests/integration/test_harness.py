@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ensdef.cli import main
 from ensdef.defenses.registry import DEFENSES
@@ -122,8 +123,24 @@ def test_a_store_with_only_the_target_and_baselines_evaluates(tiny_store, tmp_pa
     sub = ArtifactStore(tmp_path / "store")
     for name in ("target", "baseline-adv-training", "baseline-distillation"):
         shutil.copytree(Path(store.root) / name, Path(sub.root) / name)
-    argv = ["evaluate", "--preset", str(FIXTURES / "tiny.yaml"), "--store", sub.root, "--out", str(tmp_path / "r")]
+    cfg = yaml.safe_load((FIXTURES / "tiny.yaml").read_text())  # and a budget cut for one defense
+    cfg["evaluation"]["per_defense"] = {"adv-training": {"apgd_iter": 1, "decision_iter": 0}}
+    (tmp_path / "cut.yaml").write_text(yaml.safe_dump(cfg))
+    argv = ["evaluate", "--preset", str(tmp_path / "cut.yaml"), "--store", sub.root, "--out", str(tmp_path / "r")]
     argv += ["--defenses", "target,adv-training", "--threats", "adaptive", "--json"]
     assert main(argv) == 0
     rep = json.loads((tmp_path / "r" / "report.json").read_text())
     assert set(rep["rows"]) == {"target", "adv-training"} and "transfer" not in rep
+    rows = rep["rows"]
+    assert (
+        rows["adv-training"]["adaptive/apgd-ce"]["max_iter"] == 1
+        and rows["target"]["adaptive/apgd-ce"]["max_iter"] == 2
+    )
+    assert (
+        "adaptive/hopskipjump-decisions" not in rows["adv-training"]
+        and "adaptive/hopskipjump-decisions" in rows["target"]
+    )
+    assert (
+        "**Budgets cut to fit the machine** (the rest of the suite as above): adv-training: apgd_iter 1"
+        in (tmp_path / "r" / "report.md").read_text()
+    )

@@ -74,3 +74,27 @@ def test_base_presets_may_not_form_a_cycle(tmp_path) -> None:
     (tmp_path / "b.yaml").write_text("base: a.yaml\nname: b\n")
     with pytest.raises(ConfigError, match="cycle"):
         load_preset(tmp_path / "a.yaml")
+
+
+@pytest.mark.parametrize(
+    ("cuts", "message"),
+    [
+        ({"modef": {"max_iter": 5}}, "'max_iter' cannot be set per defense"),
+        ({"modef": {"apgd_iter": -1}}, r"apgd_iter: expected a non-negative integer, got -1"),
+        ({"modef": {"apgd_iter": "ten"}}, "expected a non-negative integer"),
+        ({"modef": 5}, "expected a mapping"),
+    ],
+)
+def test_per_defense_budget_cuts_are_checked(tmp_path: Path, cuts: dict, message: str) -> None:
+    f = tmp_path / "cut.yaml"
+    f.write_text(yaml.safe_dump({"base": "mnist5k", "evaluation": {"per_defense": cuts}}))
+    with pytest.raises(ConfigError, match=message):
+        load_preset(f)
+
+
+def test_per_defense_cuts_apply_to_their_defense_only(tmp_path: Path) -> None:
+    f = tmp_path / "cut.yaml"
+    f.write_text(yaml.safe_dump({"base": "mnist5k", "evaluation": {"per_defense": {"modef": {"apgd_targets": 1}}}}))
+    e = load_preset(f).evaluation
+    assert e.for_defense("modef").apgd_targets == 1 and e.for_defense("modef").apgd_iter == e.apgd_iter
+    assert e.for_defense("det") is e and e.apgd_targets == 3
