@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from tests.conftest import FIXTURES, free_port
 
@@ -51,7 +52,11 @@ def _interrupt(proc: subprocess.Popen) -> float:
 
 
 def test_main_job_serves_progressively_stops_on_sigint_and_resumes(tmp_path: Path) -> None:
-    preset = FIXTURES / "tiny.yaml"  # its target trains in a second, its RLS network in about 20 s
+    # the tiny preset with RLS trained for 6 epochs (about a minute): both interrupts land while it trains, not
+    # while a finished RLS is being deployed (a deploy that SIGINT interrupts is not what this test is about)
+    cfg = yaml.safe_load((FIXTURES / "tiny.yaml").read_text())
+    cfg["rls"]["train"]["epochs"] = 6
+    (preset := tmp_path / "tiny-slow-rls.yaml").write_text(yaml.safe_dump(cfg))
     store, http, grpc = tmp_path / "store", free_port(), free_port()
     cmd = [sys.executable, "-m", "ensdef", "serve", "--preset", str(preset), "--store", str(store), "--train-missing"]
     cmd += ["--defenses", "target,rls", "--address", "local", "--num-cpus", "2"]
