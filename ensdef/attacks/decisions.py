@@ -20,7 +20,7 @@ from torch import nn
 from ensdef.attacks.art_classifier import art_classifier
 from ensdef.attacks.catalog import ATTACKS, attack_params
 from ensdef.defenses.base import Defense
-from ensdef.rng import make_generator
+from ensdef.rng import make_generator, seeded_libraries
 
 QUERY_ONLY = ("hopskipjump", "square")
 
@@ -85,6 +85,22 @@ class DecisionAttack:
             return np.eye(self.num_classes, dtype=np.float32)[labels]
 
         out = x.numpy().copy()
+        with seeded_libraries(self.seed):  # ART's Square and HopSkipJump draw from numpy's global RNG
+            self._run(x, y, out, params, labels_of)
+        xn = x.numpy()
+        out = np.clip(xn + np.clip(out - xn, -self.eps, self.eps), 0.0, 1.0).astype(np.float32)
+        info = {"attack": self.attack, **params, "eps": self.eps, "queries": queries, "sees": "decisions"}
+        return out, info
+
+    def _run(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        out: np.ndarray,
+        params: dict[str, Any],
+        labels_of: Callable[[np.ndarray, Callable[[torch.Tensor], torch.Tensor]], np.ndarray],
+    ) -> None:
+        """The attack, group by group, writing its examples into ``out``."""
         for idx in self._groups(x):
             xs, ys = x[idx], y[idx]
 
@@ -95,10 +111,6 @@ class DecisionAttack:
             attack = ATTACKS[self.attack].build(clf, False, params)
             adv = attack.generate(x=xs.numpy(), y=np.eye(self.num_classes, dtype=np.float32)[ys.numpy()])
             out[idx] = adv
-        xn = x.numpy()
-        out = np.clip(xn + np.clip(out - xn, -self.eps, self.eps), 0.0, 1.0).astype(np.float32)
-        info = {"attack": self.attack, **params, "eps": self.eps, "queries": queries, "sees": "decisions"}
-        return out, info
 
     def _classifier(
         self, labels: Callable[[np.ndarray], np.ndarray], shape: tuple[int, ...], device: torch.device
