@@ -65,7 +65,7 @@ def client_label(raw: str) -> str:
 
 
 class SlowBody(TimeoutError):
-    pass
+    """The request body did not fully arrive within the ingress's ``body_timeout_s`` (HTTP 408)."""
 
 
 async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:

@@ -100,13 +100,14 @@ def from_raw(data: bytes, shape: Sequence[int], dtype: str, limits: Limits) -> t
     check_bytes(len(data), limits)
     if dtype not in DTYPES:
         raise InvalidInput(f"dtype {dtype[:32]!r} is not supported; use one of {', '.join(DTYPES)}")
-    if not shape or len(shape) > MAX_RANK or any(int(s) <= 0 for s in shape):
+    dims = [int(s) for s in shape[: MAX_RANK + 1]]
+    if not dims or len(shape) > MAX_RANK or min(dims) <= 0:
         raise InvalidInput(f"shape must list 1 to {MAX_RANK} positive sizes, got {len(shape)} sizes")
     dt = np.dtype(DTYPES[dtype]).newbyteorder("<")
-    need = math.prod(int(s) for s in shape) * dt.itemsize  # exact: sizes near 2**64 do not wrap
+    need = math.prod(dims) * dt.itemsize  # exact: sizes near 2**64 do not wrap
     if len(data) != need:
-        raise InvalidInput(f"shape {[int(s) for s in shape]} of {dtype} needs {need} bytes, got {len(data)}")
-    return to_batch(np.frombuffer(data, dtype=dt).reshape([int(s) for s in shape]).astype(dt.newbyteorder("=")), limits)
+        raise InvalidInput(f"shape {dims} of {dtype} needs {need} bytes, got {len(data)}")
+    return to_batch(np.frombuffer(data, dtype=dt).reshape(dims).astype(dt.newbyteorder("=")), limits)
 
 
 def from_image_file(raw: bytes, limits: Limits) -> torch.Tensor:
