@@ -20,7 +20,7 @@ from torch import nn
 
 from ensdef.defenses.base import Defense, log_probs
 from ensdef.defenses.denoising import DenoisingEnsemble
-from ensdef.defenses.plans import Job, Op, Plan, decisions, present
+from ensdef.defenses.plans import Job, Op, Plan, decisions, per_input, present
 from ensdef.defenses.verification import VerificationEnsemble
 from ensdef.diversity.teams import TeamSelection
 from ensdef.types import CrossLayerMode, OnDisagree, VoteRule
@@ -65,6 +65,11 @@ class CrossLayerEnsemble(Defense):
         self.name = f"modef-{mode.value}"
 
     def plan(self, x: torch.Tensor, g: torch.Generator, quorum: float = 0.5) -> Plan:
+        """A team drawn for every input (:func:`~ensdef.defenses.plans.per_input`)."""
+        return per_input(x, g, lambda xi, gi: self.plan_one_draw(xi, gi, quorum))
+
+    def plan_one_draw(self, x: torch.Tensor, g: torch.Generator, quorum: float = 0.5) -> Plan:
+        """The decision with one team for every row of ``x``."""
         if self.mode is CrossLayerMode.ONE_TO_MANY:
             dv, image, miss_d = yield from self.denoising.vote_plan(x, g, quorum)
             label, disagree, names, miss_v = yield from self.verification.verify_plan(image, g, quorum)

@@ -22,7 +22,7 @@ from torch import nn
 
 from ensdef.errors import QuorumLost
 from ensdef.models.layers import model_device
-from ensdef.rng import make_generator, randn_like
+from ensdef.rng import make_generator, randn_like, spawn_seeds
 from ensdef.types import Decision
 
 
@@ -122,3 +122,44 @@ def decisions(
         Decision(int(label[i]), bool(flagged[i]) if flagged is not None else False, diag(i), degraded)
         for i in range(len(label))
     ]
+
+
+def per_input(x: torch.Tensor, g: torch.Generator, plan_one: Callable[[torch.Tensor, torch.Generator], Plan]) -> Plan:
+    """One plan per row of ``x`` ``[B, C, H, W]``, each with its own generator spawned from ``g``, run as one plan.
+
+    Every input gets an independent draw (team, sampled networks), so an attacker who batches copies of an image
+    sees as many draws as requests would give. The rows' plans advance together; at each stage, jobs that differ
+    only in their rows (same member, op, seed, sigma and path) are merged into one job on the concatenated rows,
+    so a request still makes one call per distinct member job. Returns the rows' Decisions in order."""
+    seeds = spawn_seeds(g, len(x))
+    plans = [plan_one(x[i : i + 1], make_generator(s, g.device)) for i, s in enumerate(seeds)]
+    out: list[list[Decision]] = [[] for _ in plans]
+    pending: dict[int, list[Job]] = {}
+    for i, p in enumerate(plans):
+        try:
+            pending[i] = next(p)
+        except StopIteration as done:
+            out[i] = done.value
+    while pending:
+        groups: dict[tuple, list[tuple[int, int]]] = {}
+        for i, jobs in pending.items():
+            for k, j in enumerate(jobs):
+                groups.setdefault((j.member, j.op, j.seed, j.sigma, j.path), []).append((i, k))
+        merged = [
+            Job(m, op, torch.cat([pending[i][k].x for i, k in where]), seed, sigma, path)
+            for (m, op, seed, sigma, path), where in groups.items()
+        ]
+        res = yield merged
+        back: dict[int, Results] = {i: [None] * len(jobs) for i, jobs in pending.items()}
+        for r, where in zip(res, groups.values(), strict=True):
+            rows = [len(pending[i][k].x) for i, k in where]
+            parts = [None] * len(where) if r is None else r.split(rows)
+            for (i, k), part in zip(where, parts, strict=True):
+                back[i][k] = part
+        for i in list(pending):
+            try:
+                pending[i] = plans[i].send(back[i])
+            except StopIteration as done:
+                out[i] = done.value
+                del pending[i]
+    return [d for ds in out for d in ds]

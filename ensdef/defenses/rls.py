@@ -10,7 +10,7 @@ from torch import nn
 
 from ensdef.data import Split
 from ensdef.defenses.base import Defense
-from ensdef.defenses.plans import Job, Op, Plan, decisions, present, stacked
+from ensdef.defenses.plans import Job, Op, Plan, decisions, per_input, present, stacked
 from ensdef.diversity.kappa import interrater_agreement
 from ensdef.models.rls import RLSNet, sample_paths
 from ensdef.rng import make_generator
@@ -41,7 +41,12 @@ class RLSEnsemble(Defense):
         return sampled_probs(self.net, x, self.paths(self.n, g)).argmax(2)
 
     def plan(self, x: torch.Tensor, g: torch.Generator, quorum: float = 0.5) -> Plan:
-        """One stage: N sampled networks (one job each, all on the RLS member); probabilities averaged."""
+        """N networks sampled for every input (:func:`~ensdef.defenses.plans.per_input`)."""
+        return per_input(x, g, lambda xi, gi: self.plan_one_draw(xi, gi, quorum))
+
+    def plan_one_draw(self, x: torch.Tensor, g: torch.Generator, quorum: float = 0.5) -> Plan:
+        """One stage: N sampled networks shared by every row of ``x`` (one job each, all on the RLS member);
+        probabilities averaged."""
         paths = self.paths(self.n, g).tolist()
         res = yield [Job(self.member, Op.PATH_PROBS, x, path=tuple(p)) for p in paths]
         idx, missing = present(res, quorum, "sampled networks")

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ensdef.defenses.base import Defense, log_probs, plurality
-from ensdef.defenses.plans import Job, Op, Plan, Results, decisions, present, required, stacked
+from ensdef.defenses.plans import Job, Op, Plan, Results, decisions, per_input, present, required, stacked
 from ensdef.diversity.teams import TeamSelection
 from ensdef.types import OnDisagree, VoteRule
 
@@ -64,6 +64,11 @@ class VerificationEnsemble(Defense):
         return label, flagged, [names[i] for i in idx], missing
 
     def plan(self, x: torch.Tensor, g: torch.Generator, quorum: float = 0.5) -> Plan:
+        """A team drawn for every input (:func:`~ensdef.defenses.plans.per_input`)."""
+        return per_input(x, g, lambda xi, gi: self.plan_one_draw(xi, gi, quorum))
+
+    def plan_one_draw(self, x: torch.Tensor, g: torch.Generator, quorum: float = 0.5) -> Plan:
+        """The decision with one team for every row of ``x``."""
         label, flagged, names, missing = yield from self.verify_plan(x, g, quorum)
         return decisions(label, flagged, missing, lambda i: {"team": names})
 

@@ -42,7 +42,7 @@ from ensdef.store import ArtifactStore
 from ensdef.types import Role
 
 log = logging.getLogger(__name__)
-CELL_FORMAT = 2  # cached cells of an older format (no counts, intervals or per-image results) are made again
+CELL_FORMAT = 3  # cached cells of an older format are made again (2: one draw per batch in verification, modef, rls)
 
 
 class Threat(str, Enum):

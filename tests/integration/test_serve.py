@@ -9,6 +9,7 @@ import io
 import logging
 import re
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -32,7 +33,7 @@ def served(ray_serve, tiny_store):
 
     store, preset = tiny_store
     one_tempnet_each = {"unpacked": ["tempnet"]}  # one replica per temperature network, so that one can be killed
-    limits = {"max_images": 8, "max_bytes": 200_000}
+    limits = {"max_images": 32, "max_bytes": 200_000}
     with serving_tiny(ray_serve, store.root, packing="pool", admin_token=TOKEN, **one_tempnet_each, **limits) as (
         ep,
         client,
@@ -108,7 +109,7 @@ def _npy(a: np.ndarray) -> str:
         ("target", {"images": np.full((1, 1, 28, 28), 2.0).tolist()}, "application/json", None, 422, "[0, 1]"),
         ("target", b'{"images": [[[NaN]]]}', "application/json", None, 422, "NaN"),
         ("target", {"npy": _npy(np.full((1, 1, 28, 28), np.nan, np.float32))}, "application/json", None, 422, "NaN"),
-        ("target", {"images": np.zeros((9, 1, 28, 28)).tolist()}, "application/json", None, 422, "limit of 8"),
+        ("target", {"images": np.zeros((33, 1, 28, 28)).tolist()}, "application/json", None, 422, "limit of 32"),
         ("target", {"npy": _npy(np.zeros((80, 1, 28, 28), np.float32))}, "application/json", None, 413, "bytes"),
         ("magic", {"images": np.zeros((1, 1, 28, 28)).tolist()}, "application/json", None, 404, "unknown defense"),
         ("target", b'{"images": [1, 2', "application/json", None, 422, "malformed JSON"),
@@ -210,7 +211,7 @@ def test_png_upload_and_bad_grpc_input(served, mnist5k) -> None:
         ("target", np.zeros((1, 1, 28, 27), np.float32), "28, 27"),
         ("target", np.full((1, 1, 28, 28), np.inf, np.float32), "NaN or infinite"),
         ("target", np.zeros((1, 1, 28, 28), np.int16), "dtype"),
-        ("target", np.zeros((9, 1, 28, 28), np.float32), "limit of 8"),
+        ("target", np.zeros((33, 1, 28, 28), np.float32), "limit of 32"),
         ("magic", np.zeros((1, 1, 28, 28), np.float32), "unknown defense"),
     ]
     for defense, a, message in bad:
@@ -238,6 +239,57 @@ def test_png_upload_and_bad_grpc_input(served, mnist5k) -> None:
         client.classify("target", np.zeros((1, 1, 28, 28), np.float32), seed=1)
     assert e.value.code() is grpc.StatusCode.PERMISSION_DENIED
     assert requests.get(f"{ep.http}/healthz", timeout=30).status_code == 200  # nothing crashed
+
+
+def test_copies_in_one_request_are_drawn_as_separate_requests(served, mnist5k) -> None:
+    """30 copies of one image in one request to each randomized defense get independent draws: their answers are
+    distributed as those of 30 separate requests (chi-square homogeneity), not one shared answer. The image is
+    one whose answer varies across draws in process: a point where the answer changes on the segment between
+    two digits of different classes. DeT and the noisy vote of the one-epoch tiny store answer one label on every
+    image (their per-element noise is checked per copy in the unit tests); the draws that were shared per
+    request (teams, sampled networks) must vary here."""
+    from scipy.stats import chi2_contingency
+
+    ep, _, store, preset = served
+    randomized = [d for d in ep.defenses if build_defense(d, store, preset).randomized]
+    assert {"verification", "modef", "modef-1tm", "modef-mtm", "rls", "det", "noisy-vote"} == set(randomized)
+    x, y = mnist5k.test.x, mnist5k.test.y
+    first = [x[int((y == k).nonzero()[0])] for k in range(10)]
+
+    def answers(r: requests.Response) -> list[tuple]:
+        assert r.status_code == 200, r.text
+        return [(a["label"], a["flagged"], a["abstained"]) for a in r.json()["answers"]]
+
+    for defense in randomized:
+        d = build_defense(defense, store, preset)
+
+        def outcome(c: torch.Tensor, seed: int) -> tuple:
+            o = d.decide(c[None], make_generator(seed))[0]
+            return (None if o.abstained else o.label, o.flagged, o.abstained)
+
+        def boundary(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # bisection on seed 0's answer
+            lo, hi, at_a = 0.0, 1.0, outcome(a, 0)
+            for _ in range(14):
+                mid = (lo + hi) / 2
+                lo, hi = (mid, hi) if outcome(a * (1 - mid) + b * mid, 0) == at_a else (lo, mid)
+            return a * (1 - hi) + b * hi
+
+        def spread(c: torch.Tensor) -> int:  # how often the second most common answer comes, over 30 draws
+            counts = sorted(Counter(outcome(c, s) for s in range(30)).values())
+            return counts[-2] if len(counts) > 1 else 0
+
+        c = max([boundary(first[k], first[k + 5]) for k in range(5)], key=spread)
+        varies = spread(c) >= 6
+        assert varies or defense in ("det", "noisy-vote"), f"{defense}: no image whose answer varies across draws"
+        apart = [answers(post(ep, defense, {"npy": _npy(c[None].numpy())}, token=None))[0] for _ in range(30)]
+        together = answers(post(ep, defense, {"npy": _npy(c.expand(30, *c.shape).numpy())}, token=None))
+        kinds = sorted(set(apart) | set(together), key=str)
+        table = [[apart.count(k) for k in kinds], [together.count(k) for k in kinds]]
+        if varies:
+            assert len(set(together)) > 1, f"{defense}: 30 copies in one request share one draw"
+            assert chi2_contingency(table).pvalue > 0.001, (defense, table)
+        else:
+            assert len(kinds) == 1, (defense, table)
 
 
 def test_killed_member_degrades_or_fails_never_wrong_and_recovers(served, mnist5k) -> None:

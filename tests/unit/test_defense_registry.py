@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ensdef.defenses.plans import Job, noisy_input, run_local
 from ensdef.defenses.registry import DEFENSES, build_defense
 from ensdef.rng import make_generator
 
@@ -51,3 +52,40 @@ def test_batched_eot_draws_equal_the_loop(name: str, random_store, mnist5k) -> N
     torch.testing.assert_close(many, loop, rtol=1e-4, atol=1e-5)
     for a, b in zip(d.voters_many(x, gens()), [d.voters(x, g) for g in gens()], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(DEFENSES))
+def test_copies_in_one_batch_are_drawn_as_separate_requests(name: str, random_store, mnist5k) -> None:
+    """30 copies of one image in one call get independent draws: their answers are distributed as those of 30
+    separate calls (chi-square homogeneity, scipy), and are not all equal where separate calls differ."""
+    from scipy.stats import chi2_contingency
+
+    store, preset = random_store
+    d = build_defense(name, store, preset)
+
+    def outcome(dd) -> tuple:
+        return (dd.label, dd.flagged, dd.abstained)
+
+    def separate(x: torch.Tensor) -> list[tuple]:
+        return [outcome(d.decide(x[None], make_generator(100 + s))[0]) for s in range(30)]
+
+    noise = torch.rand((8, *mnist5k.test.x.shape[1:]), generator=make_generator(0))
+    candidates = torch.cat([mnist5k.test.x[:8], noise])  # digits, and noise images on which random members waver
+    x = max(candidates, key=lambda c: len(set(separate(c))))  # the image whose answers vary most across calls
+    apart = separate(x)
+    copies = x.expand(30, *x.shape).contiguous()
+    together = [outcome(dd) for dd in d.decide(copies, make_generator(7))]
+    if not d.randomized:
+        assert set(together) == set(apart) and len(set(apart)) == 1, name
+        return
+    if len(set(apart)) == 1:  # random members answer alike on every image: the copies' draws still differ
+        called: list[Job] = []
+        out = run_local(d.plan(copies, make_generator(7)), d.named_members(), lambda j: called.append(j) or False)
+        draws = {repr(dd.diagnostics) for dd in out}  # the team or sampled networks each copy got
+        seen = [noisy_input(j) for j in called if len(j.x) == 30]  # what each member computes on, noise included
+        assert len(draws) > 1 or any(not torch.equal(v[0], v[1]) for v in seen), name
+        return
+    assert len(set(together)) > 1, f"{name}: 30 copies in one call share one draw"
+    kinds = sorted(set(apart) | set(together), key=str)
+    table = [[apart.count(k) for k in kinds], [together.count(k) for k in kinds]]
+    assert chi2_contingency(table).pvalue > 0.001, (name, table)
