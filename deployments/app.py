@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ray.serve import Application
+from ray.serve.config import BackpressureConfig
 
 from deployments.ingress import Ingress
 from deployments.member import MemberHost
@@ -154,6 +155,8 @@ def application(s: ServeSettings, defenses: dict[str, list[str]]) -> Application
     return Ingress.options(
         ray_actor_options=ingress_options(s, bool(local)),
         max_ongoing_requests=s.ingress_max_ongoing_requests,
+        max_queued_requests=s.ingress_max_queued_requests,
+        backpressure_config=BackpressureConfig(status_code=503, retry_after_s=1),
     ).bind(
         routers,
         inline,

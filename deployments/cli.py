@@ -102,8 +102,14 @@ def _serve(a: argparse.Namespace) -> Result:
         log.info("%s", describe(job.steps, job.progress.factor))
         job.run()
         servable, job = launch.survey(settings)[0], None
-    with contextlib.redirect_stdout(sys.stderr):  # Ray's start-up lines; stdout stays the result
-        ep = progressive.Progressive(settings, target).run(servable, job)
+    serving = progressive.Progressive(settings, target)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # Ray's start-up lines; stdout stays the result
+            ep = serving.run(servable, job)
+    except KeyboardInterrupt:
+        if not a.detach:
+            serving.stop()
+        raise
     if trains:
         missing = launch.survey(settings)[1]
     out = {**ep.to_json(), "not_served": missing}
@@ -114,6 +120,7 @@ def _serve(a: argparse.Namespace) -> Result:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
+        serving.stop()  # a second Ctrl-C stops at once
         return {"stopped": True}, 0
 
 

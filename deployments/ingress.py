@@ -26,6 +26,7 @@ from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter
 
+from deployments.drain import Draining, DrainWatch
 from deployments.router import Routing, Verdict
 from ensdef.errors import EnsdefError, InvalidInput, TooLarge
 from ensdef.io.proto import ensdef_pb2
@@ -89,6 +90,13 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     return b"".join(chunks)
 
 
+def _replica_name() -> str:
+    try:
+        return str(serve.get_replica_context().replica_id)
+    except Exception:  # outside a replica (tests of the class)
+        return f"ingress-{id(object())}"
+
+
 def _fail(ctx: RayServegRPCContext, code: grpc.StatusCode, details: str) -> ensdef_pb2.ClassifyResponse:
     ctx.set_code(code)
     ctx.set_details(details)
@@ -124,6 +132,7 @@ class Ingress:
         self._progress: tuple[float, dict[str, dict[str, Any]]] = (-PROGRESS_TTL_S, {})
         self.queries = Counter("ensdef_client_queries", description="images per client", tag_keys=("client",))
         self.bad = Counter("ensdef_bad_requests", description="refused requests", tag_keys=("reason",))
+        self.watch = DrainWatch(_replica_name())
 
     # --- shared -----------------------------------------------------------------------------------------
     def _admin(self, token: str | None) -> bool:
@@ -167,15 +176,22 @@ class Ingress:
                     t["retry_after_s"],
                 )
             raise Unknown(f"unknown defense {defense!r}; served: {', '.join(self.served)}")
-        self.queries.inc(len(x), tags={"client": client})
-        if self.local and defense in self.local.defenses:
-            return await self.local.classify(defense, x, seed)
-        return await self.routers[defense].classify.remote(defense, x, seed)
+        await self.watch.admit()
+        try:
+            self.queries.inc(len(x), tags={"client": client})
+            if self.local and defense in self.local.defenses:
+                return await self.local.classify(defense, x, seed)
+            return await self.routers[defense].classify.remote(defense, x, seed)
+        finally:
+            self.watch.done()
 
     # --- HTTP -------------------------------------------------------------------------------------------
     @app.get("/healthz")
-    def healthz(self) -> dict[str, Any]:
-        return {"status": "ok", "defenses": self.served, "training": sorted(self.training())}
+    def healthz(self) -> JSONResponse:
+        """200 while serving; 503 while draining for shutdown (load balancers stop sending)."""
+        status = "draining" if self.watch.draining else "ok"
+        body = {"status": status, "defenses": self.served, "training": sorted(self.training())}
+        return JSONResponse(body, status_code=503 if self.watch.draining else 200)
 
     @app.get("/v1/defenses")
     def defenses(self) -> dict[str, Any]:
@@ -231,6 +247,8 @@ class Ingress:
             raise HTTPException(404, str(e)) from None
         except Training as e:
             raise HTTPException(503, str(e), headers={"Retry-After": str(e.retry_after_s)}) from None
+        except Draining as e:  # the connection is closed too: a client's next request finds the port closed
+            raise HTTPException(503, str(e), headers={"Retry-After": "5", "Connection": "close"}) from None
         if verdict.unavailable:
             raise HTTPException(503, f"{defense}: {verdict.unavailable}")
         return JSONResponse({"defense": defense, "answers": [d.to_json(admin) for d in verdict.decisions]})
@@ -253,7 +271,7 @@ class Ingress:
             return _fail(grpc_context, grpc.StatusCode.PERMISSION_DENIED, str(e))
         except Unknown as e:
             return _fail(grpc_context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        except Training as e:
+        except (Training, Draining) as e:
             return _fail(grpc_context, grpc.StatusCode.UNAVAILABLE, str(e))
         except Exception:  # a bug: logged here with its traceback, never sent to the client
             log.exception("Classify failed")

@@ -10,7 +10,11 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import ray
+from ray import serve
+
 from deployments.app import survey
+from deployments.drain import drain, start_control
 from deployments.launch import Endpoints, IngressMode, connect, deploy, wait_for_ports
 from deployments.settings import ServeSettings
 from ensdef.data import Dataset
@@ -68,6 +72,7 @@ class Progressive:
         self.settings, self.target = settings, target
         self.endpoints: Endpoints | None = None
         self.pending: set[str] = set()
+        self.control: ray.actor.ActorHandle | None = None  # the drain flag (deployments.drain)
 
     def deploy(self, defenses: dict[str, list[str]]) -> Endpoints:
         t = self.target
@@ -75,6 +80,7 @@ class Progressive:
             if t.starts_ray:
                 wait_for_ports(t.host, [t.http_port, t.grpc_port])  # a Ray this process starts binds them
             connect(t.address, t.num_cpus, t.env)
+            self.control = start_control()
         first = self.endpoints is None
         self.endpoints = deploy(self.settings, t.host, t.http_port, t.grpc_port, t.proxy_location, t.ingress, defenses)
         if first:
@@ -94,6 +100,17 @@ class Progressive:
         if self.pending and not (soon and self.endpoints is not None):
             self.deploy(survey(self.settings)[0])
             self.pending.clear()
+
+    def stop(self) -> None:
+        """Graceful shutdown: refuse new requests, let admitted ones finish (at most the request deadline and
+        a margin), then delete the application from a cluster this process joined."""
+        if self.endpoints is None or self.control is None:
+            return
+        t0 = time.monotonic()
+        finished = drain(self.control, self.settings.deadline_s + 5)
+        log.info("drained in %.1f s%s; stopping", time.monotonic() - t0, "" if finished else " (timed out)")
+        if not self.target.starts_ray:  # a Ray this process started ends with it, still refusing until then
+            serve.delete(self.settings.application)
 
     def run(self, servable: dict[str, list[str]], job: MissingTraining | None) -> Endpoints:
         """Deploy ``servable`` (when any), then train ``job``'s steps, deploying as they complete; logs the

@@ -61,6 +61,9 @@ class ServeSettings:
     # the ingress only parses and awaits (async): slow clients may hold many of its slots while the body
     # arrives, so it takes more at once than the members do
     ingress_max_ongoing_requests: int = 512
+    # admission control: requests queued at a proxy beyond this get an immediate 503 with Retry-After (gRPC
+    # RESOURCE_EXHAUSTED) instead of waiting out the deadline behind a saturated ingress (Serve's backpressure)
+    ingress_max_queued_requests: int = 256
     max_client_requests: int = 64  # concurrent HTTP requests per client address (429 above; per ingress replica)
     router_num_cpus: float = 0.05  # router deployments (packing none; packed, the ingress routes)
     ingress_num_cpus: float = 0.05

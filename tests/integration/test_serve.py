@@ -263,7 +263,7 @@ def test_copies_in_one_request_are_drawn_as_separate_requests(served, mnist5k) -
     for defense in randomized:
         d = build_defense(defense, store, preset)
 
-        def outcome(c: torch.Tensor, seed: int) -> tuple:
+        def outcome(c: torch.Tensor, seed: int, d=d) -> tuple:  # noqa: ANN001
             o = d.decide(c[None], make_generator(seed))[0]
             return (None if o.abstained else o.label, o.flagged, o.abstained)
 
