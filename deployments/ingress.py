@@ -28,6 +28,7 @@ from ray.serve.metrics import Counter
 
 from deployments.drain import Draining, DrainWatch
 from deployments.router import Routing, Verdict
+from deployments.schemas import ERRORS, ClassifyResponse, classify_openapi
 from ensdef.errors import EnsdefError, InvalidInput, TooLarge
 from ensdef.io.proto import ensdef_pb2
 from ensdef.io.validation import Limits, check_bytes, from_image_file, from_raw, parse_json_body
@@ -63,6 +64,10 @@ def client_label(raw: str) -> str:
     if raw and len(raw) <= 64 and raw.isascii() and raw.isprintable():
         return raw
     return "sha256:" + hashlib.sha256(raw.encode("utf-8", "replace")).hexdigest()[:16] if raw else "unknown"
+
+
+class LengthRequired(ValueError):
+    """A body without a declared length (HTTP 411)."""
 
 
 class SlowBody(TimeoutError):
@@ -203,7 +208,12 @@ class Ingress:
             "input": {"shape": [c, h, w], "range": [0, 1], "max_images": self.limits.max_images},
         }
 
-    @app.post("/v1/{defense}/classify")
+    @app.post(
+        "/v1/{defense}/classify",
+        response_model=ClassifyResponse,
+        responses=ERRORS,
+        openapi_extra=classify_openapi(),
+    )
     async def classify(self, defense: str, request: Request) -> JSONResponse:
         """Body: JSON ``{"images": nested lists}`` or ``{"npy": base64 .npy}`` (optional ``"seed"``, admin
         only), or one image file (``Content-Type: image/png``). Header ``X-Admin-Token`` adds diagnostics.
@@ -225,8 +235,9 @@ class Ingress:
         client = client_label(request.headers.get("x-client-id") or (request.client.host if request.client else ""))
         try:
             declared = request.headers.get("content-length", "")
-            if declared.isdigit():
-                check_bytes(int(declared), self.limits, 2)  # refused before the body is read
+            if not declared.isdigit():  # Serve's proxy buffers a body as fast as it arrives: refuse before any
+                raise LengthRequired("send the body with a Content-Length header; chunked uploads are refused")
+            check_bytes(int(declared), self.limits, 2)  # refused before the body is read
             raw = await read_body(request, 2 * self.limits.max_bytes, self.body_timeout_s)
             kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
             if kind in IMAGE_TYPES:
@@ -243,6 +254,8 @@ class Ingress:
             raise HTTPException(403, str(e)) from None
         except SlowBody as e:
             raise HTTPException(408, str(e)) from None
+        except LengthRequired as e:
+            raise HTTPException(411, str(e), headers={"Connection": "close"}) from None
         except Unknown as e:
             raise HTTPException(404, str(e)) from None
         except Training as e:

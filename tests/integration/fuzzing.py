@@ -75,7 +75,7 @@ def _json_value(r: random.Random, depth: int = 0) -> str:
     if depth > 4 or k < 0.35:
         return r.choice([_number(r), '"' + "x" * r.randint(0, 50) + '"', "true", "null", '"\\ud800"'])
     if k < 0.8:
-        return "[" + ",".join(_json_value(r, depth + 1) for _ in range(r.randint(0, 30))) + "]"
+        return "[" + ",".join(_json_value(r, depth + 1) for _ in range(r.randint(0, 30 >> 2 * depth))) + "]"
     keys = ["images", "npy", "seed", "x" * r.randint(1, 9), "__proto__"]
     return "{" + ",".join(f'"{r.choice(keys)}":{_json_value(r, depth + 1)}' for _ in range(r.randint(0, 4))) + "}"
 
@@ -88,7 +88,15 @@ def _image_lists(r: random.Random) -> object:
     return a.tolist()
 
 
-def _json_body(r: random.Random) -> bytes:
+def _json_body(r: random.Random) -> tuple[bytes, bool]:
+    """A body, and whether it may be well formed (then it goes to a cheap defense: the answers cost time)."""
+    body, maybe_valid = _json_bytes(r), False
+    if isinstance(body, tuple):
+        body, maybe_valid = body
+    return body, maybe_valid
+
+
+def _json_bytes(r: random.Random) -> bytes | tuple[bytes, bool]:
     k = r.randrange(8)
     if k == 0:  # deep or unbalanced nesting
         n = r.choice([100, 5000, 100_000])
@@ -122,7 +130,7 @@ def _json_body(r: random.Random) -> bytes:
         body: dict[str, object] = {"images": _image_lists(r)}
         if r.random() < 0.3:
             body["seed"] = r.choice([1, -1, 2**70, "1", None, True, 1.5])
-        return json.dumps(body).encode()
+        return json.dumps(body).encode(), True
     if k == 6:
         return r.randbytes(r.randint(0, 2000))
     return ('{"images": [' + "[" * 20 + "0" + "]" * 20).encode()  # truncated
@@ -148,20 +156,21 @@ def _header_value(r: random.Random) -> str:
     return "".join(chr(r.choice([r.randint(33, 126), r.randint(0xA1, 0xFF)])) for _ in range(r.randint(0, 80)))
 
 
-def http_case(r: random.Random, defenses: list[str]) -> HttpCase:
-    """One request; about one in ten is well formed (answered 200)."""
+def http_case(r: random.Random, defenses: list[str], cheap: str = "target") -> HttpCase:
+    """One request to any of ``defenses``; the few that may be well formed go to ``cheap`` (answering costs)."""
     defense = r.choice(defenses)
-    if r.random() < 0.1:
+    if r.random() < 0.03:
         ok = np.random.default_rng(r.randrange(2**32)).random((r.randint(1, 2), 1, 28, 28)).tolist()
         body = json.dumps({"images": ok}).encode()
-        return HttpCase("POST", f"/v1/{defense}/classify", body, {"Content-Type": "application/json"})
+        return HttpCase("POST", f"/v1/{cheap}/classify", body, {"Content-Type": "application/json"})
     if r.random() < 0.08:
         path = r.choice(
             [f"/v1/{'x' * r.randint(1, 300)}/classify", "/v1/%2e%2e/classify", "/v1//classify", "/admin", "/v1"]
         )
         return HttpCase(r.choice(["GET", "POST", "PUT", "DELETE"]), path, r.randbytes(r.randint(0, 50)))
     kind = r.choice(CONTENT_TYPES)
-    body = _png_body(r) if kind.startswith("image/") or "octet" in kind else _json_body(r)
+    body, maybe_valid = (_png_body(r), True) if kind.startswith("image/") or "octet" in kind else _json_body(r)
+    defense = cheap if maybe_valid else defense
     headers = {"Content-Type": kind}
     if r.random() < 0.3:
         headers["X-Admin-Token"] = _header_value(r)
@@ -171,7 +180,9 @@ def http_case(r: random.Random, defenses: list[str]) -> HttpCase:
     return HttpCase(method, f"/v1/{defense}/classify", body, headers)
 
 
-def grpc_case(r: random.Random, defenses: list[str], make: Callable[..., object]) -> tuple[object | bytes, str]:
+def grpc_case(
+    r: random.Random, defenses: list[str], make: Callable[..., object], cheap: str = "target"
+) -> tuple[object | bytes, str]:
     """``(request, client id)``: a ClassifyRequest built with ``make`` from any field values, or raw bytes
     that are no protobuf message (one in ten)."""
     client = "".join(chr(r.randint(33, 126)) for _ in range(r.randint(1, 40)))
@@ -179,13 +190,14 @@ def grpc_case(r: random.Random, defenses: list[str], make: Callable[..., object]
         return r.randbytes(r.randint(1, 300)), client
     ndim = r.choice([0, 1, 3, 4, 4, 4, 5, 70])
     shape = [r.choice([1, 1, 28, 28, 0, -1, 2**32, 2**63 - 1, -(2**63), 33]) for _ in range(ndim)]
-    if r.random() < 0.4:
-        shape = [r.randint(1, 2), 1, 28, 28]
+    defense = r.choice([*defenses, "", "x" * 300, "t\u00e9st", "../target"])
+    if r.random() < 0.4:  # well formed but for dtype or size: to a cheap defense (answering costs)
+        shape, defense = [r.randint(1, 2), 1, 28, 28], cheap
     n = int(np.prod(shape, dtype=object)) if shape else 0  # exact: no wrap-around
     size = n * 4 if 0 < n * 4 < 200_000 and r.random() < 0.7 else r.randint(0, 5000)
     tensor = np.random.default_rng(r.randrange(2**32)).random(size // 4, dtype=np.float32).tobytes()[:size]
     fields = {
-        "defense": r.choice([*defenses, "", "x" * 300, "t\u00e9st", "../target"]),
+        "defense": defense,
         "tensor": tensor if r.random() < 0.8 else r.randbytes(size),
         "shape": shape,
         "dtype": r.choice(["float32", "float32", "float64", "uint8", "int64", "", "object", "\u00ff"]),

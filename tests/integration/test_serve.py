@@ -86,7 +86,12 @@ def test_listing_health_openapi_and_diagnostics(served, mnist5k) -> None:
     assert requests.get(f"{ep.http}/healthz", timeout=30).json()["status"] == "ok"
     listing = requests.get(f"{ep.http}/v1/defenses", timeout=30).json()
     assert listing["defenses"] == ep.defenses and listing["input"]["shape"] == [1, 28, 28]
-    assert "/v1/{defense}/classify" in requests.get(f"{ep.http}/openapi.json", timeout=30).json()["paths"]
+    doc = requests.get(f"{ep.http}/openapi.json", timeout=30).json()
+    route = doc["paths"]["/v1/{defense}/classify"]["post"]
+    body = route["requestBody"]["content"]
+    assert {"images", "npy", "seed"} <= set(body["application/json"]["schema"]["properties"])
+    assert "images" in body["application/json"]["examples"]["lists"]["value"] and "image/png" in body
+    assert {"200", "413", "422", "503"} <= set(route["responses"]) and "answers" in str(doc["components"])
     x = mnist5k.test.x[:2].tolist()
     plain = post(ep, "noisy-vote", {"images": x}, token=None).json()["answers"]
     assert all("diagnostics" not in a for a in plain)
@@ -141,7 +146,7 @@ def test_hostile_http_requests_get_a_4xx_without_reprs(served, mnist5k) -> None:
     ok = {"images": mnist5k.test.x[:1].tolist()}
     url = f"{ep.http}/v1/target/classify"
     js = {"Content-Type": "application/json"}
-    big_body = (b"[" * 65536 for _ in range(8))  # chunked: no Content-Length, 512 KiB over a 400 KB cap
+    big_body = (b"[" * 65536 for _ in range(8))  # chunked: no Content-Length (refused before it is read)
     ztxt = chunk(b"zTXt", b"k\0\0" + __import__("zlib").compress(b"a" * 20_000_000))
     cases = [
         (requests.post, {"data": b'{"images": ' + b"[" * 5000 + b"]" * 5000 + b"}", "headers": js}, 422),
@@ -151,7 +156,7 @@ def test_hostile_http_requests_get_a_4xx_without_reprs(served, mnist5k) -> None:
         (requests.post, {"data": png_declaring(13_000, 13_000), "headers": {"Content-Type": "image/png"}}, 422),
         (requests.post, {"data": png_declaring(20_000, 20_000), "headers": {"Content-Type": "image/png"}}, 422),
         (requests.post, {"data": png_declaring(28, 28, extra=ztxt), "headers": {"Content-Type": "image/png"}}, 422),
-        (requests.post, {"data": big_body, "headers": js}, 413),
+        (requests.post, {"data": big_body, "headers": js}, 411),
         (requests.post, {"json": ok, "headers": {"X-Admin-Token": "t\u00e9st\u00ff"}}, 200),
         (requests.post, {"json": ok, "headers": {"X-Client-Id": "cli\u00e9nt\u00ff" * 20}}, 200),
     ]
@@ -210,25 +215,37 @@ def test_fuzzing_gets_no_5xx_no_leaks_no_restarts_and_bounded_memory(served) -> 
 
     raw = client.channel.unary_unary("/ensdef.Ensdef/Classify")
 
+    took: dict[str, list[float]] = {}
+
     def call(i: int) -> tuple[int, str, str]:
         req, who = grpc_cases[i]
         meta = (*client.metadata, ("client-id", who))
+        t = time.monotonic()
         try:
             if isinstance(req, bytes):
                 raw(req, metadata=meta, timeout=120)
             else:
                 client.stub.Classify(req, metadata=meta, timeout=120)
-            return i, "OK", ""
+            code, detail = "OK", ""
         except grpc.RpcError as e:
-            return i, e.code().name, e.details() or ""
+            code, detail = e.code().name, e.details() or ""
+        took.setdefault(code, []).append(time.monotonic() - t)
+        return i, code, detail
 
     with ThreadPoolExecutor(8) as pool:
         warm = list(pool.map(send, range(500)))
         before = _stack_rss()
         t0 = time.monotonic()
         answers = warm + list(pool.map(send, range(500, len(http_cases))))
+        t1 = time.monotonic()
         calls = list(pool.map(call, range(len(grpc_cases))))
         seconds = time.monotonic() - t0
+    log.info(
+        "HTTP %.0f s, gRPC %.0f s; gRPC seconds per code (mean, max): %s",
+        t1 - t0,
+        time.monotonic() - t1,
+        {k: (round(sum(v) / len(v), 3), round(max(v), 2)) for k, v in took.items()},
+    )
     after = _stack_rss()
     statuses = Counter(code for _, code, _ in answers)
     codes = Counter(code for _, code, _ in calls)
@@ -249,6 +266,75 @@ def test_fuzzing_gets_no_5xx_no_leaks_no_restarts_and_bounded_memory(served) -> 
     assert not leaks, leaks[:5]
     assert _replica_restarts() == restarts
     assert after < 1.10 * before, (before, after)
+
+
+def test_single_oversized_requests_are_refused_with_little_memory(served) -> None:
+    """A 1 GB gRPC tensor, a 1 GB chunked HTTP body and a PNG declaring 13,000 x 13,000 pixels are refused while
+    the stack's resident memory (sampled every 20 ms) grows by less than 100 MB each."""
+    import threading
+
+    from ensdef.io.proto import ensdef_pb2
+    from tests.unit.test_hostile_inputs import png_declaring
+
+    ep, client, _, _ = served
+    n = 342_392  # images of 28 x 28 float32: 1.07 GB
+    big = bytes(n * 28 * 28 * 4)
+
+    def peak_growth(send) -> tuple[int, object]:  # noqa: ANN001
+        base, peak, done = _stack_rss(), [0], threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], _stack_rss())
+                done.wait(0.02)
+
+        t = threading.Thread(target=sample)
+        t.start()
+        try:
+            out = send()
+            time.sleep(0.5)
+        finally:
+            done.set()
+            t.join()
+        return max(peak[0], _stack_rss()) - base, out
+
+    def grpc_big() -> str:
+        req = ensdef_pb2.ClassifyRequest(defense="target", tensor=big, shape=[n, 1, 28, 28], dtype="float32")
+        try:
+            client.stub.Classify(req, metadata=client.metadata, timeout=120)
+            return "OK"
+        except grpc.RpcError as e:
+            return e.code().name
+
+    def http_big() -> str:
+        chunks = (bytes(2**16) for _ in range(2**14))  # 1 GiB, chunked: no Content-Length
+        try:
+            r = requests.post(
+                f"{ep.http}/v1/target/classify", data=chunks, timeout=120, headers={"Content-Type": "application/json"}
+            )
+            return str(r.status_code)
+        except requests.ConnectionError:  # the service answered 411 and closed while the client still sent
+            return "closed"
+
+    def png_big() -> str:
+        r = requests.post(
+            f"{ep.http}/v1/target/classify",
+            data=png_declaring(13_000, 13_000),
+            timeout=60,
+            headers={"Content-Type": "image/png"},
+        )
+        return str(r.status_code)
+
+    for name, send, refused in (
+        ("grpc 1 GB", grpc_big, {"RESOURCE_EXHAUSTED", "INVALID_ARGUMENT"}),
+        ("http 1 GB chunked", http_big, {"411", "closed"}),
+        ("png 13000^2", png_big, {"422"}),
+    ):
+        grew, out = peak_growth(send)
+        log.info("%s: %s, stack grew by %.1f MB at most", name, out, grew / 2**20)
+        assert out in refused, (name, out)
+        assert grew < 100 * 2**20, (name, grew / 2**20)
+    assert requests.get(f"{ep.http}/healthz", timeout=30).status_code == 200
 
 
 def test_held_partial_connections_do_not_starve_the_service(served, mnist5k) -> None:
