@@ -110,6 +110,13 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None, help="defense rows as Ray tasks on a new local Ray, N at once")
     p.add_argument("--address", default=None, help="defense rows as Ray tasks on the Ray cluster at ADDR")
     p.add_argument("--task-cpus", type=float, default=1.0, help="CPUs per Ray task (with --workers or --address)")
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="torch CPU threads here and in every Ray task (figures equal bit for bit across processes only at "
+        "one thread count; default: each process's own)",
+    )
     p.add_argument("--task-gpus", type=float, default=0.0, help="GPUs per Ray task (members then run on CUDA)")
     device_arg(p)
     data_args(p)
@@ -142,10 +149,14 @@ def _evaluate(a: argparse.Namespace) -> Result:
         threats = tuple(Threat(t) for t in csv(a.threats) or ())
     except ValueError:
         raise ConfigError(f"--threats {a.threats!r}: choose from {', '.join(t.value for t in Threat)}") from None
+    if a.torch_threads:
+        import torch
+
+        torch.set_num_threads(a.torch_threads)
     harness = Harness(store, preset, data, cfg, threats, use_cache=not a.no_cache, device=_device(a))
     runner = None
     if a.workers or a.address:
-        spec = HarnessSpec(store.root, preset, cfg, threats, not a.no_cache, str(_device(a)))
+        spec = HarnessSpec(store.root, preset, cfg, threats, not a.no_cache, str(_device(a)), a.torch_threads)
         runner = plugin("ensdef.runners", "ray")(spec, a.address, a.workers, a.task_cpus, a.task_gpus)
     rep = harness.run(runner=runner)
     paths = report.write(rep, a.out)

@@ -99,6 +99,10 @@ class HarnessSpec:
     threats: tuple[Threat, ...]
     use_cache: bool = True
     device: str = "cpu"
+    # torch's CPU threads while computing a row (None: the worker's own). Float sums depend on how a pass is
+    # split over threads, so rows equal bit for bit across processes only at one count (ensdef evaluate
+    # --torch-threads sets it for the driver and its tasks alike)
+    threads: int | None = None
 
     def build(self) -> Harness:
         data = load_dataset(self.preset.dataset, self.preset.data_root)
@@ -110,8 +114,12 @@ class HarnessSpec:
 def defense_result(spec: HarnessSpec, name: str) -> DefenseResult:
     """Build the harness from ``spec`` and compute defense ``name``'s row (a Ray task's body). The static set
     is read from the store's cache when the driver made it first."""
-    h = spec.build()
-    return h.evaluate_defense(name, h.static_set() if Threat.STATIC in h.threats else {})
+    h, before = spec.build(), torch.get_num_threads()
+    torch.set_num_threads(spec.threads or before)
+    try:
+        return h.evaluate_defense(name, h.static_set() if Threat.STATIC in h.threats else {})
+    finally:
+        torch.set_num_threads(before)
 
 
 class Harness(AdaptiveCells):
