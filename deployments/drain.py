@@ -80,25 +80,25 @@ class DrainWatch:
         self._next_lookup = 0.0
         self._task: asyncio.Task | None = None
 
-    async def _poll(self) -> float:
-        """One report; returns the seconds until the next."""
+    async def _poll(self) -> None:
+        """One report (and the flag in return); looks the control actor up at most every ABSENT_POLL_S."""
         if self._control is None:
             if time.monotonic() < self._next_lookup:
-                return POLL_S
+                return
             try:
                 self._control = ray.get_actor(CONTROL, namespace=NAMESPACE)
             except ValueError:
                 self._next_lookup = time.monotonic() + ABSENT_POLL_S
-                return POLL_S
+                return
         try:
             self.draining = await self._control.report.remote(self.replica, self.active)
         except ray.exceptions.RayActorError:  # the driver that owned it is gone
             self._control = None
-        return POLL_S
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(await self._poll())
+            await asyncio.sleep(POLL_S)
+            await self._poll()
 
     async def admit(self) -> None:
         """Raises :class:`Draining` while the service drains; otherwise counts one request in (pair with

@@ -5,6 +5,7 @@ nodes (``SPREAD``), each asking for ``task_cpus`` CPUs (and ``task_gpus`` GPUs: 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 
@@ -37,7 +38,7 @@ def ray_runner(
     device = "cuda" if task_gpus > 0 else spec.device
 
     def run(names: Sequence[str]) -> list[DefenseResult]:
-        s = HarnessSpec(spec.store, spec.preset, spec.cfg, spec.threats, spec.use_cache, device, spec.threads)
+        s = dataclasses.replace(spec, device=device)
         opts = {"num_cpus": task_cpus, "num_gpus": task_gpus, "scheduling_strategy": "SPREAD"}
         refs = [_row.options(name=f"evaluate:{n}", **opts).remote(s, n) for n in names]
         log.info("%d defense rows as Ray tasks", len(refs))

@@ -20,7 +20,7 @@ from torch import nn
 
 from ensdef.defenses.base import Defense, log_probs
 from ensdef.defenses.denoising import DenoisingEnsemble
-from ensdef.defenses.plans import Job, Op, Plan, decisions, per_input, present
+from ensdef.defenses.plans import Job, Op, PerInputDraws, Plan, decisions, present
 from ensdef.defenses.verification import VerificationEnsemble
 from ensdef.diversity.teams import TeamSelection
 from ensdef.types import CrossLayerMode, OnDisagree, VoteRule
@@ -44,7 +44,7 @@ def many_to_many_vote(probs: torch.Tensor, consensus: float = 0.5) -> ManyToMany
     return ManyToManyVote(label, agree <= consensus, chosen, per_version)
 
 
-class CrossLayerEnsemble(Defense):
+class CrossLayerEnsemble(PerInputDraws, Defense):
     def __init__(
         self,
         denoisers: Sequence[nn.Module],
@@ -63,10 +63,6 @@ class CrossLayerEnsemble(Defense):
         self.verification = VerificationEnsemble(target, verifiers, teams, rule, on_disagree, target_name)
         self.mode, self.consensus = mode, consensus
         self.name = f"modef-{mode.value}"
-
-    def plan(self, x: torch.Tensor, g: torch.Generator, quorum: float = 0.5) -> Plan:
-        """A team drawn for every input (:func:`~ensdef.defenses.plans.per_input`)."""
-        return per_input(x, g, lambda xi, gi: self.plan_one_draw(xi, gi, quorum))
 
     def plan_one_draw(self, x: torch.Tensor, g: torch.Generator, quorum: float = 0.5) -> Plan:
         """The decision with one team for every row of ``x``."""

@@ -124,6 +124,19 @@ def decisions(
     ]
 
 
+class PerInputDraws:
+    """Mixin for defenses whose randomness is a draw (a team, sampled networks): ``plan`` runs
+    ``plan_one_draw`` once per input through :func:`per_input`."""
+
+    def plan_one_draw(self, x: torch.Tensor, g: torch.Generator, quorum: float = 0.5) -> Plan:
+        """The decision with one draw shared by every row of ``x``."""
+        raise NotImplementedError
+
+    def plan(self, x: torch.Tensor, g: torch.Generator, quorum: float = 0.5) -> Plan:
+        """One draw for every input (:func:`per_input`)."""
+        return per_input(x, g, lambda xi, gi: self.plan_one_draw(xi, gi, quorum))
+
+
 def per_input(x: torch.Tensor, g: torch.Generator, plan_one: Callable[[torch.Tensor, torch.Generator], Plan]) -> Plan:
     """One plan per row of ``x`` ``[B, C, H, W]``, each with its own generator spawned from ``g``, run as one plan.
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from ensdef.data import Split
 from ensdef.defenses.base import Defense
-from ensdef.defenses.plans import Job, Op, Plan, decisions, per_input, present, stacked
+from ensdef.defenses.plans import Job, Op, PerInputDraws, Plan, decisions, present, stacked
 from ensdef.diversity.kappa import interrater_agreement
 from ensdef.models.rls import RLSNet, sample_paths
 from ensdef.rng import make_generator
@@ -21,7 +21,7 @@ def sampled_probs(net: RLSNet, x: torch.Tensor, paths: torch.Tensor) -> torch.Te
     return net.forward_paths(x, paths).softmax(2)
 
 
-class RLSEnsemble(Defense):
+class RLSEnsemble(PerInputDraws, Defense):
     name = "rls"
     can_flag = False
 
@@ -39,10 +39,6 @@ class RLSEnsemble(Defense):
     def sampled_labels(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """``[N, B]`` labels of N sampled networks (for the interrater-agreement score)."""
         return sampled_probs(self.net, x, self.paths(self.n, g)).argmax(2)
-
-    def plan(self, x: torch.Tensor, g: torch.Generator, quorum: float = 0.5) -> Plan:
-        """N networks sampled for every input (:func:`~ensdef.defenses.plans.per_input`)."""
-        return per_input(x, g, lambda xi, gi: self.plan_one_draw(xi, gi, quorum))
 
     def plan_one_draw(self, x: torch.Tensor, g: torch.Generator, quorum: float = 0.5) -> Plan:
         """One stage: N sampled networks shared by every row of ``x`` (one job each, all on the RLS member);

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ensdef.defenses.base import Defense, log_probs, plurality
-from ensdef.defenses.plans import Job, Op, Plan, Results, decisions, per_input, present, required, stacked
+from ensdef.defenses.plans import Job, Op, PerInputDraws, Plan, Results, decisions, present, required, stacked
 from ensdef.diversity.teams import TeamSelection
 from ensdef.types import OnDisagree, VoteRule
 
@@ -28,7 +28,7 @@ def check(target: torch.Tensor, team: torch.Tensor, on_disagree: OnDisagree) -> 
     return torch.where(disagree, team, target), flagged
 
 
-class VerificationEnsemble(Defense):
+class VerificationEnsemble(PerInputDraws, Defense):
     name = "verification"
 
     def __init__(
@@ -62,10 +62,6 @@ class VerificationEnsemble(Defense):
         votes = team_vote(stacked(res[1:], idx), self.rule, g)
         label, flagged = check(target, votes, self.on_disagree)
         return label, flagged, [names[i] for i in idx], missing
-
-    def plan(self, x: torch.Tensor, g: torch.Generator, quorum: float = 0.5) -> Plan:
-        """A team drawn for every input (:func:`~ensdef.defenses.plans.per_input`)."""
-        return per_input(x, g, lambda xi, gi: self.plan_one_draw(xi, gi, quorum))
 
     def plan_one_draw(self, x: torch.Tensor, g: torch.Generator, quorum: float = 0.5) -> Plan:
         """The decision with one team for every row of ``x``."""
