@@ -7,22 +7,28 @@ used by ``ensdef serve``; ``args`` are :class:`~deployments.settings.ServeSettin
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections import defaultdict
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 
+from deployments.guard import with_threshold
 from deployments.ingress import Ingress
 from deployments.member import MemberHost
 from deployments.router import Router
-from deployments.settings import INGRESS_HOST, Packing, ServeSettings
+from deployments.settings import INGRESS_HOST, Action, GuardSettings, Packing, ServeSettings
+from ensdef.data import load_dataset
 from ensdef.defenses.registry import DEFENSES, describe_defense
 from ensdef.errors import NotTrained
+from ensdef.guard.calibration import calibrate
 from ensdef.presets import load_preset
+from ensdef.rng import make_generator
 from ensdef.store import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -167,4 +173,27 @@ def application(s: ServeSettings, defenses: dict[str, list[str]]) -> Application
         s.store,
         s.body_timeout_s,
         s.max_client_requests,
+        calibrated(s.guard, s.preset, store),
     )
+
+
+def calibrated(g: GuardSettings, preset: str, store: ArtifactStore) -> GuardSettings:
+    """``g`` with its detection threshold set: as configured, or calibrated on benign streams drawn from the
+    preset's training split (fixed seed: the same threshold on every start), kept in the store for the next."""
+    det = g.detection
+    if det.action is Action.OFF or det.threshold > 0:
+        return g
+    p = load_preset(preset)
+    spec = det.spec()
+    params = {"dataset": p.dataset, "spec": {**asdict(spec), "encoding": spec.encoding.value}, "seed": 0}
+    params |= {"fpr": det.fpr, "margin": det.margin, "format": 1}
+    name = "guard-threshold-" + hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+    if store.has_json(name):
+        return with_threshold(g, float(store.load_json(name)["threshold"]))
+    pool = load_dataset(p.dataset, p.data_root).train.x
+    t = calibrate(spec, pool, make_generator(0), fpr=det.fpr, margin=det.margin)
+    try:
+        store.save_json(name, {**params, "threshold": t})
+    except OSError as e:  # a read-only store: calibrate again next time
+        log.warning("could not keep the detection threshold in the store: %s", e)
+    return with_threshold(g, t)

@@ -3,8 +3,10 @@
 through the defense's router deployment), answers. Every bad
 input is a 4xx / INVALID_ARGUMENT with a message; below quorum is 503 / UNAVAILABLE.
 
-Per-client query counts (the signal of a query-based attack) are exported per client id: the
-``X-Client-Id`` header or gRPC metadata ``client-id``, else the peer address.
+The client is the owner of the request's API key when keys are configured (``Authorization: Bearer`` or
+``X-API-Key``; gRPC metadata ``authorization`` / ``x-api-key``), else what it declares (``X-Client-Id`` / gRPC
+metadata ``client-id``, else the peer address). Its quota, counts and stateful detection are the guard's
+(:mod:`deployments.guard`).
 """
 
 # no `from __future__ import annotations`: FastAPI must see the real Request annotation
@@ -15,6 +17,7 @@ import json
 import logging
 import secrets
 import time
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -27,9 +30,13 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter
 
 from deployments.drain import Draining, DrainWatch
+from deployments.guard import Guard, Refused, Unauthenticated
 from deployments.router import Routing, Verdict
 from deployments.schemas import ERRORS, ClassifyResponse, classify_openapi
+from deployments.settings import GuardSettings
 from ensdef.errors import EnsdefError, InvalidInput, TooLarge
+from ensdef.guard.keys import presented_key
+from ensdef.guard.quota import QuotaExceeded
 from ensdef.io.proto import ensdef_pb2
 from ensdef.io.validation import Limits, check_bytes, from_image_file, from_raw, parse_json_body
 from ensdef.store import ArtifactStore
@@ -102,6 +109,11 @@ def _replica_name() -> str:
         return f"ingress-{id(object())}"
 
 
+def _flagged(v: Verdict) -> Verdict:
+    """Every answer flagged (its label kept): the client is under a detection's ``flag`` cooldown."""
+    return Verdict([replace(d, flagged=True) for d in v.decisions], v.unavailable)
+
+
 def _fail(ctx: RayServegRPCContext, code: grpc.StatusCode, details: str) -> ensdef_pb2.ClassifyResponse:
     ctx.set_code(code)
     ctx.set_details(details)
@@ -122,10 +134,12 @@ class Ingress:
         store: str | None = None,
         body_timeout_s: float = 5.0,
         max_client_requests: int = 64,
+        guard: GuardSettings | None = None,
     ) -> None:
         """``routers``: defense -> router deployment; ``inline``: :class:`Routing` arguments for the defenses this
         replica routes itself (packed); ``store``: where a training run started by ``ensdef serve
-        --train-missing`` reports the defenses still training."""
+        --train-missing`` reports the defenses still training; ``guard``: keys, quotas and detection (its
+        detection threshold already calibrated)."""
         self.routers = routers
         self.local = Routing(**inline) if inline else None
         self.served = sorted(set(routers) | set(self.local.defenses if self.local else ()))
@@ -135,7 +149,7 @@ class Ingress:
         self.inflight: collections.Counter[str] = collections.Counter()  # HTTP requests per client address
         self.store = ArtifactStore(store) if store else None
         self._progress: tuple[float, dict[str, dict[str, Any]]] = (-PROGRESS_TTL_S, {})
-        self.queries = Counter("ensdef_client_queries", description="images per client", tag_keys=("client",))
+        self.guard = Guard(guard or GuardSettings())
         self.bad = Counter("ensdef_bad_requests", description="refused requests", tag_keys=("reason",))
         self.watch = DrainWatch(_replica_name())
 
@@ -170,6 +184,8 @@ class Ingress:
         return view
 
     async def _decide(self, defense: str, x: torch.Tensor, seed: int, client: str) -> Verdict:
+        """Route to the defense after the guard has admitted the request; answers to a client under a
+        ``flag`` detection's cooldown come back flagged."""
         if defense not in self.served:
             t = self.training().get(defense)
             if t is not None and t["state"] == "deploying":
@@ -181,14 +197,16 @@ class Ingress:
                     t["retry_after_s"],
                 )
             raise Unknown(f"unknown defense {defense!r}; served: {', '.join(self.served)}")
+        admission = await self.guard.admit(client, x)
         await self.watch.admit()
         try:
-            self.queries.inc(len(x), tags={"client": client})
             if self.local and defense in self.local.defenses:
-                return await self.local.classify(defense, x, seed)
-            return await self.routers[defense].classify.remote(defense, x, seed)
+                verdict = await self.local.classify(defense, x, seed)
+            else:
+                verdict = await self.routers[defense].classify.remote(defense, x, seed)
         finally:
             self.watch.done()
+        return _flagged(verdict) if admission.flag else verdict
 
     # --- HTTP -------------------------------------------------------------------------------------------
     @app.get("/healthz")
@@ -207,6 +225,14 @@ class Ingress:
             "states": {**{d: {"state": "serving"} for d in self.served}, **self.training()},
             "input": {"shape": [c, h, w], "range": [0, 1], "max_images": self.limits.max_images},
         }
+
+    @app.get("/v1/admin/clients")
+    def clients(self, request: Request, top: int = 50) -> JSONResponse:
+        """Operators (``X-Admin-Token``): the ``top`` clients by images, with their counts, metrics series
+        and detections."""
+        if not self._admin(request.headers.get("x-admin-token")):
+            raise HTTPException(403, "needs the admin token")
+        return JSONResponse({"clients": self.guard.clients(max(1, min(top, 1000)))})
 
     @app.post(
         "/v1/{defense}/classify",
@@ -232,8 +258,11 @@ class Ingress:
 
     async def _classify(self, defense: str, request: Request) -> JSONResponse:
         admin = self._admin(request.headers.get("x-admin-token"))
-        client = client_label(request.headers.get("x-client-id") or (request.client.host if request.client else ""))
+        h = request.headers
         try:
+            key = presented_key(h.get("authorization"), h.get("x-api-key"))
+            peer = request.client.host if request.client else ""
+            client = self.guard.identify(key, client_label(h.get("x-client-id") or peer))
             declared = request.headers.get("content-length", "")
             if not declared.isdigit():  # Serve's proxy buffers a body as fast as it arrives: refuse before any
                 raise LengthRequired("send the body with a Content-Length header; chunked uploads are refused")
@@ -252,6 +281,13 @@ class Ingress:
             raise HTTPException(413 if isinstance(e, TooLarge) else 422, str(e)) from None
         except PermissionError as e:
             raise HTTPException(403, str(e)) from None
+        except Unauthenticated as e:
+            self.bad.inc(1, tags={"reason": "unauthenticated"})
+            raise HTTPException(401, str(e), headers={"WWW-Authenticate": "Bearer"}) from None
+        except QuotaExceeded as e:
+            raise HTTPException(429, str(e), headers={"Retry-After": str(e.retry_after_s)}) from None
+        except Refused as e:
+            raise HTTPException(403, str(e), headers={"Retry-After": str(e.retry_after_s)}) from None
         except SlowBody as e:
             raise HTTPException(408, str(e)) from None
         except LengthRequired as e:
@@ -272,14 +308,22 @@ class Ingress:
     ) -> ensdef_pb2.ClassifyResponse:
         admin = self._admin(request.admin_token)
         meta = dict(grpc_context.invocation_metadata())
-        client = client_label(str(meta.get("client-id") or grpc_context.peer()))
         try:
+            key = presented_key(meta.get("authorization"), meta.get("x-api-key"))
+            client = self.guard.identify(key, client_label(str(meta.get("client-id") or grpc_context.peer())))
             x = from_raw(request.tensor, list(request.shape), request.dtype, self.limits)
             seed = self._seed(request.seed if request.HasField("seed") else None, admin)
             verdict = await self._decide(request.defense, x, seed, client)
         except InvalidInput as e:
             self.bad.inc(1, tags={"reason": "invalid"})
             return _fail(grpc_context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except Unauthenticated as e:
+            self.bad.inc(1, tags={"reason": "unauthenticated"})
+            return _fail(grpc_context, grpc.StatusCode.UNAUTHENTICATED, str(e))
+        except (QuotaExceeded, Refused) as e:
+            grpc_context.set_trailing_metadata([("retry-after", str(e.retry_after_s))])
+            code = grpc.StatusCode.PERMISSION_DENIED if isinstance(e, Refused) else grpc.StatusCode.RESOURCE_EXHAUSTED
+            return _fail(grpc_context, code, str(e))
         except PermissionError as e:
             return _fail(grpc_context, grpc.StatusCode.PERMISSION_DENIED, str(e))
         except Unknown as e:

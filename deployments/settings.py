@@ -8,6 +8,9 @@ from enum import Enum
 from typing import Any
 
 from ensdef.errors import ConfigError
+from ensdef.guard.keys import ApiKeys
+from ensdef.guard.quota import Quotas, QuotaSpec
+from ensdef.guard.stateful import DetectorSpec, Encoding
 
 
 class Packing(str, Enum):
@@ -44,6 +47,79 @@ class MemberOptions:
         if resources:
             out["resources"] = resources
         return out
+
+
+class Action(str, Enum):
+    """What a detection does to the client, for ``cooldown_s`` after it."""
+
+    OFF = "off"  # no detection at all
+    LOG = "log"  # a metric and a log line only
+    FLAG = "flag"  # every answer to the client is flagged
+    THROTTLE = "throttle"  # every request of the client waits ``throttle_s`` first
+    REFUSE = "refuse"  # the client is refused (403 / PERMISSION_DENIED with Retry-After)
+
+
+@dataclass(frozen=True)
+class DetectionSettings:
+    action: Action = Action.LOG
+    k: int = 50
+    memory: int = 1000
+    ttl_s: float = 3600.0
+    max_clients: int = 256
+    encoding: Encoding = Encoding.POOLED
+    threshold: float = 0.0  # 0: calibrated when the application is built (benign streams, training split)
+    fpr: float = 0.001  # calibration: the share of benign clients the threshold may flag
+    margin: float = 0.5  # calibration: the threshold is this fraction of that benign score
+    cooldown_s: float = 600.0
+    throttle_s: float = 2.0
+
+    def spec(self) -> DetectorSpec:
+        return DetectorSpec(self.k, self.memory, self.ttl_s, self.max_clients, self.encoding)
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    """``api_keys``: client name -> SHA-256 hex of its key (``ensdef serve-key`` makes one); with keys, requests
+    without a valid one get 401. ``quota`` for every client, ``quota_overrides`` by client name."""
+
+    api_keys: dict[str, str] = field(default_factory=dict)
+    quota: QuotaSpec = field(default_factory=QuotaSpec)
+    quota_overrides: dict[str, QuotaSpec] = field(default_factory=dict)
+    max_client_series: int = 50  # clients with a metrics series of their own; the rest share ``other``
+    series_min_images: int = 100  # images a client sends before it gets its own series
+    max_tracked_clients: int = 100_000
+    detection: DetectionSettings = field(default_factory=DetectionSettings)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> GuardSettings:
+        d = dict(_known(cls, d or {}, "guard settings"))
+        if "quota" in d:
+            d["quota"] = QuotaSpec(**_known(QuotaSpec, d["quota"], "guard.quota settings"))
+        if "quota_overrides" in d:
+            over = d["quota_overrides"]
+            d["quota_overrides"] = {k: QuotaSpec(**_known(QuotaSpec, v, f"quota settings of {k}")) for k, v in over.items()}
+        if "detection" in d:
+            det = dict(_known(DetectionSettings, d["detection"], "guard.detection settings"))
+            if "action" in det:
+                det["action"] = Action(det["action"])
+            if "encoding" in det:
+                det["encoding"] = Encoding(det["encoding"])
+            d["detection"] = DetectionSettings(**det)
+        out = cls(**d)
+        ApiKeys(out.api_keys), Quotas(out.quota, out.quota_overrides)  # fail at start, not on the first request
+        out.detection.spec()
+        return out
+
+
+def _known(cls: type, d: Any, where: str) -> dict[str, Any]:
+    if isinstance(d, cls):
+        return {f.name: getattr(d, f.name) for f in fields(cls)}
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where} must be a mapping")
+    known = {f.name for f in fields(cls)}
+    if unknown := sorted(set(d) - known):
+        raise ConfigError(f"unknown {where} {unknown}; known: {sorted(known)}")
+    return d
 
 
 @dataclass(frozen=True)
@@ -87,6 +163,7 @@ class ServeSettings:
     # {"MALLOC_MMAP_THRESHOLD_": "4194304"} returns them to the OS, but large passes then page-fault afresh
     # (served throughput about halved on 2 cores, peak memory 9.2 -> 7.7 GB with a 128 KB threshold).
     env_vars: dict[str, str] = field(default_factory=dict)
+    guard: GuardSettings = field(default_factory=GuardSettings)  # API keys, quotas, client series, detection
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> ServeSettings:
@@ -100,6 +177,8 @@ class ServeSettings:
             d["members"] = _options(d["members"])
         if "overrides" in d:
             d["overrides"] = {k: _options(v) for k, v in d["overrides"].items()}
+        if "guard" in d:
+            d["guard"] = GuardSettings.from_dict(d["guard"])
         for key in ("defenses", "unpacked"):
             if key in d:
                 d[key] = tuple(d[key])
@@ -112,6 +191,8 @@ class ServeSettings:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["packing"] = self.packing.value
+        det = out["guard"]["detection"]
+        det["action"], det["encoding"] = self.guard.detection.action.value, self.guard.detection.encoding.value
         out["defenses"], out["unpacked"] = list(self.defenses), list(self.unpacked)
         return out
 
@@ -127,9 +208,4 @@ class ServeSettings:
 
 
 def _options(d: dict[str, Any] | MemberOptions) -> MemberOptions:
-    if isinstance(d, MemberOptions):
-        return d
-    known = {f.name for f in fields(MemberOptions)}
-    if unknown := sorted(set(d) - known):
-        raise ConfigError(f"unknown member options {unknown}; known: {sorted(known)}")
-    return MemberOptions(**d)
+    return d if isinstance(d, MemberOptions) else MemberOptions(**_known(MemberOptions, d, "member options"))

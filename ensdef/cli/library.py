@@ -1,5 +1,6 @@
 """Commands over data, models, pools and the store: ``data info``, ``models list``, ``train``, ``artifacts
-verify|list|import``, ``select`` (MODEF teams) and ``decide`` (one defense in process)."""
+verify|list|import``, ``keys new`` (API keys of the service), ``select`` (MODEF teams) and ``decide`` (one
+defense in process)."""
 
 from __future__ import annotations
 
@@ -72,6 +73,19 @@ def _verify(a: argparse.Namespace) -> Result:
     store = ArtifactStore(a.store)
     res = [store.verify(n) for n in store.names()]
     return [{"name": r.name, "ok": r.ok, "message": r.message} for r in res], 0 if all(r.ok for r in res) else 1
+
+
+def _key_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("client", help="the client name the key maps to (1 to 64 of [A-Za-z0-9_.-])")
+
+
+@command(COMMANDS, "keys new", "a fresh API key for `ensdef serve` and the line of its digest", _key_args)
+def _keys_new(a: argparse.Namespace) -> Result:
+    from ensdef.guard.keys import ApiKeys, new_key
+
+    key, digest = new_key()
+    ApiKeys({a.client: digest})  # the name is checked as the service will check it
+    return {"client": a.client, "key": key, "serve_config": {"guard": {"api_keys": {a.client: digest}}}}, 0
 
 
 @command(COMMANDS, "artifacts list", "print manifests", _store_arg)

@@ -18,12 +18,16 @@ class EnsdefClient:
     """``EnsdefClient("localhost:9000").classify("noisy-vote", x)`` with ``x`` ``[B, C, H, W]`` in [0, 1].
 
     Errors arrive as ``grpc.RpcError`` with ``INVALID_ARGUMENT`` (bad input or unknown defense),
-    ``PERMISSION_DENIED`` (seed without the admin token) or ``UNAVAILABLE`` (too few members answered)."""
+    ``PERMISSION_DENIED`` (seed without the admin token), ``UNAVAILABLE`` (too few members answered),
+    ``UNAUTHENTICATED`` (the service has API keys and ``api_key`` is not one) or ``RESOURCE_EXHAUSTED`` (over
+    quota; trailing metadata ``retry-after``)."""
 
-    def __init__(self, address: str, application: str = "ensdef", timeout_s: float = 30.0) -> None:
+    def __init__(self, address: str, application: str = "ensdef", timeout_s: float = 30.0, api_key: str = "") -> None:
         self.channel = grpc.insecure_channel(address)
         self.stub = ensdef_pb2_grpc.EnsdefStub(self.channel)
-        self.metadata = (("application", application),)
+        self.metadata: tuple[tuple[str, str], ...] = (("application", application),)
+        if api_key:
+            self.metadata += (("x-api-key", api_key),)
         self.timeout_s = timeout_s
 
     def classify(

@@ -57,14 +57,22 @@ ANSWER_FIELDS = ("label", "flagged", "abstained", "degraded")
 
 
 def assert_served_as_in_process(
-    http: str, client: EnsdefClient, token: str, store, preset, defense: str, x: torch.Tensor, seed: int
+    http: str,
+    client: EnsdefClient,
+    token: str,
+    store,
+    preset,
+    defense: str,
+    x: torch.Tensor,
+    seed: int,
+    api_key: str = "",
 ) -> None:
     """HTTP and gRPC answers for ``x`` with ``seed`` equal the in-process Decisions of ``defense``."""
     want = in_process(store, preset, defense, x, seed)
     r = requests.post(
         f"{http}/v1/{defense}/classify",
         json={"images": x.tolist(), "seed": seed},
-        headers={"X-Admin-Token": token},
+        headers={"X-Admin-Token": token, **({"X-API-Key": api_key} if api_key else {})},
         timeout=120,
     )
     assert r.status_code == 200, r.text
@@ -169,14 +177,32 @@ def test_hostile_http_requests_get_a_4xx_without_reprs(served, mnist5k) -> None:
     assert requests.get(f"{ep.http}/healthz", timeout=30).status_code == 200
 
 
+def _own_processes() -> set[Path]:
+    """``/proc/PID`` of every process descended from this one: this test session's Ray (another session on the
+    machine, such as a second pytest worker's, is not counted)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    out, todo = set(), [__import__("os").getpid()]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.add(Path("/proc") / str(c))
+            todo.append(c)
+    return out
+
+
 def _stack_rss() -> int:
     """Resident bytes of the served stack: every Serve replica of the application and the proxies."""
     total = 0
-    for status in Path("/proc").glob("[0-9]*/status"):
+    for proc in _own_processes():
         try:
-            cmd = (status.parent / "cmdline").read_bytes()
-            if cmd.startswith((b"ray::ServeReplica:ensdef", b"ray::ProxyActor")):
-                rss = next(line for line in status.read_text().splitlines() if line.startswith("VmRSS:"))
+            cmd = (proc / "cmdline").read_bytes()
+            if cmd.startswith((b"ray::ServeReplica:ensdef:", b"ray::ProxyActor")):
+                rss = next(line for line in (proc / "status").read_text().splitlines() if line.startswith("VmRSS:"))
                 total += int(rss.split()[1]) * 1024
         except (OSError, StopIteration):
             continue
@@ -565,6 +591,37 @@ def test_killed_ingress_replica_fails_cleanly_and_is_replaced(served, mnist5k) -
     assert healthy(ep, client), "the ingress was not replaced within 240 s of the kill"
     assert [a.name for a in alive_actors(ep) if "#Ingress#" in (a.name or "")] not in ([], [victim.name])
     assert_served_as_in_process(ep.http, client, TOKEN, store, preset, "noisy-vote", x, 7)
+
+
+def test_random_client_ids_get_bounded_series_and_a_steady_clients_count_stays_exact(served, ray_serve, mnist5k):
+    """Open mode (no keys): 5,000 requests under random client ids, with a steady client's 100 among them. The
+    served application allows 50 clients a series of their own (``max_client_series``); the random ids send one
+    image each, below ``series_min_images``, so they all share ``other``; the steady client's count is exact."""
+    from ensdef.io.proto import ensdef_pb2
+
+    ep, client, _, _ = served
+    x = mnist5k.test.x[:1].numpy()
+    req = ensdef_pb2.ClassifyRequest(defense="target", tensor=x.tobytes(), shape=list(x.shape), dtype="float32")
+    steady = f"steady-{time.monotonic_ns()}"
+
+    def call(i: int) -> str:
+        who = steady if i % 50 == 0 else f"random-{i}-{time.monotonic_ns()}"
+        client.stub.Classify(req, metadata=(*client.metadata, ("client-id", who)), timeout=60)
+        return who
+
+    with ThreadPoolExecutor(8) as pool:
+        sent = Counter(pool.map(call, range(5_000)))
+    assert sent[steady] == 100 and len(sent) == 4_901
+    r = requests.get(f"{ep.http}/v1/admin/clients?top=1000", headers={"X-Admin-Token": TOKEN}, timeout=30)
+    seen = {c["client"]: c for c in r.json()["clients"]}
+    assert seen[steady]["images"] == 100 and seen[steady]["requests"] == 100 and seen[steady]["series"] == steady
+    series = re.compile(r'^\w*ensdef_client_queries\w*\{[^}]*client="([^"]*)"', re.MULTILINE)
+    deadline, names = time.monotonic() + 60, set()
+    while time.monotonic() < deadline and steady not in names:
+        time.sleep(2)
+        names = set(series.findall(requests.get(f"http://127.0.0.1:{ray_serve['metrics']}/metrics", timeout=30).text))
+    assert steady in names and "other" in names, names
+    assert len(names) <= 50 + 1 and not any(n.startswith("random-") for n in names), sorted(names)[:60]
 
 
 def healthy(ep, client: EnsdefClient) -> bool:
