@@ -35,6 +35,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=9000)
     ray_args(p)
+    p.add_argument("--metrics-port", type=int, default=None, help="Prometheus metrics of a Ray this command starts")
     p.add_argument("--train-missing", action="store_true", help="train the preset's missing artifacts first")
     p.add_argument(
         "--proxy-location", choices=["EveryNode", "HeadOnly"], default=None, help="HeadOnly: nodes share a machine"
@@ -83,6 +84,7 @@ def _serve(a: argparse.Namespace) -> Result:
         a.proxy_location or proxies,
         ingress,
         launch.direct_ingress_env(http_port, int(grpc_port)) if ingress is launch.IngressMode.DIRECT else None,
+        a.metrics_port,
     )
     if a.detach and target.starts_ray:
         raise ConfigError(

@@ -20,6 +20,7 @@ import torch
 from ray.serve.metrics import Counter
 
 from deployments.settings import Action, GuardSettings
+from ensdef.errors import RetryLater
 from ensdef.guard.clients import OTHER, ClientCounts
 from ensdef.guard.keys import ApiKeys
 from ensdef.guard.quota import QuotaExceeded, Quotas
@@ -32,12 +33,8 @@ class Unauthenticated(Exception):
     """No valid API key (HTTP 401 / gRPC UNAUTHENTICATED)."""
 
 
-class Refused(Exception):
-    """A client refused after a detection (HTTP 403 / gRPC PERMISSION_DENIED); ``retry_after_s``."""
-
-    def __init__(self, message: str, retry_after_s: int) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
+class Refused(RetryLater):
+    """A client refused after a detection, until its cooldown ends (HTTP 403 / gRPC PERMISSION_DENIED)."""
 
 
 @dataclass(frozen=True)

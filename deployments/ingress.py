@@ -34,7 +34,7 @@ from deployments.guard import Guard, Refused, Unauthenticated
 from deployments.router import Routing, Verdict
 from deployments.schemas import ERRORS, ClassifyResponse, classify_openapi
 from deployments.settings import GuardSettings
-from ensdef.errors import EnsdefError, InvalidInput, TooLarge
+from ensdef.errors import EnsdefError, InvalidInput, RetryLater, TooLarge
 from ensdef.guard.keys import presented_key
 from ensdef.guard.quota import QuotaExceeded
 from ensdef.io.proto import ensdef_pb2
@@ -55,12 +55,8 @@ class Unknown(LookupError):
     pass
 
 
-class Training(LookupError):
+class Training(RetryLater):
     """The defense is not served yet: its members are still training (``retry_after_s``: the estimate)."""
-
-    def __init__(self, message: str, retry_after_s: int) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
 
 
 PROGRESS_TTL_S = 1.0  # the training progress is read from the store at most once a second
@@ -232,7 +228,7 @@ class Ingress:
         and detections."""
         if not self._admin(request.headers.get("x-admin-token")):
             raise HTTPException(403, "needs the admin token")
-        return JSONResponse({"clients": self.guard.clients(max(1, min(top, 1000)))})
+        return JSONResponse({"clients": self.guard.clients(max(1, min(top, 10_000)))})
 
     @app.post(
         "/v1/{defense}/classify",

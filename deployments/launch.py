@@ -124,12 +124,17 @@ def wait_for_ports(host: str, ports: Iterable[int], timeout_s: float = 20.0) -> 
             time.sleep(1.0)
 
 
-def connect(address: str | None, num_cpus: float | None = None, env: Mapping[str, str] | None = None) -> str:
+def connect(
+    address: str | None,
+    num_cpus: float | None = None,
+    env: Mapping[str, str] | None = None,
+    metrics_port: int | None = None,
+) -> str:
     """Join the Ray cluster at ``address`` (or the one ``ray start`` left running); start a local one, with
-    ``env`` in its processes' environment, when none is reachable or ``address`` is ``local``. Returns the
-    address."""
+    ``env`` in its processes' environment and Prometheus metrics on ``metrics_port``, when none is reachable or
+    ``address`` is ``local``. Returns the address."""
     if not ray.is_initialized() and address == "local":
-        start_local(num_cpus, env=env)
+        start_local(num_cpus, metrics_port, env=env)
     elif not ray.is_initialized():
         try:
             ray.init(address=address or "auto", log_to_driver=False)
@@ -137,7 +142,7 @@ def connect(address: str | None, num_cpus: float | None = None, env: Mapping[str
             if address:
                 raise
             log.info("no running Ray found; starting a local one")
-            start_local(num_cpus, env=env)
+            start_local(num_cpus, metrics_port, env=env)
     return ray.get_runtime_context().gcs_address
 
 

@@ -44,7 +44,8 @@ class MissingTraining:
 @dataclass(frozen=True)
 class Target:
     """Where and how to deploy: the Ray to join (``address``; None or ``local`` may start one with
-    ``num_cpus`` and ``env``), the ports clients use, the proxies' location and the ingress mode."""
+    ``num_cpus``, ``env`` and Prometheus metrics on ``metrics_port``), the ports clients use, the proxies'
+    location and the ingress mode."""
 
     address: str | None
     num_cpus: float | None
@@ -54,6 +55,7 @@ class Target:
     proxy_location: str
     ingress: IngressMode
     env: dict[str, str] | None = None
+    metrics_port: int | None = None
 
     @property
     def starts_ray(self) -> bool:
@@ -79,7 +81,7 @@ class Progressive:
         if self.endpoints is None:
             if t.starts_ray:
                 wait_for_ports(t.host, [t.http_port, t.grpc_port])  # a Ray this process starts binds them
-            connect(t.address, t.num_cpus, t.env)
+            connect(t.address, t.num_cpus, t.env, t.metrics_port)
             self.control = start_control()
         first = self.endpoints is None
         self.endpoints = deploy(self.settings, t.host, t.http_port, t.grpc_port, t.proxy_location, t.ingress, defenses)

@@ -97,7 +97,9 @@ class GuardSettings:
             d["quota"] = QuotaSpec(**_known(QuotaSpec, d["quota"], "guard.quota settings"))
         if "quota_overrides" in d:
             over = d["quota_overrides"]
-            d["quota_overrides"] = {k: QuotaSpec(**_known(QuotaSpec, v, f"quota settings of {k}")) for k, v in over.items()}
+            d["quota_overrides"] = {
+                k: QuotaSpec(**_known(QuotaSpec, v, f"quota settings of {k}")) for k, v in over.items()
+            }
         if "detection" in d:
             det = dict(_known(DetectionSettings, d["detection"], "guard.detection settings"))
             if "action" in det:

@@ -40,6 +40,14 @@ class TooLarge(InvalidInput):
     """A payload over the byte limit (HTTP 413)."""
 
 
+class RetryLater(EnsdefError):
+    """Refused for now: ``retry_after_s`` (at least 1) says when to try again (HTTP ``Retry-After``)."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = max(1, int(retry_after_s))
+
+
 class QuorumLost(EnsdefError, RuntimeError):
     """Too few members answered for a trustworthy vote (HTTP 503 / gRPC UNAVAILABLE)."""
 

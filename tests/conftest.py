@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
 from pathlib import Path
 
 import pytest
@@ -63,30 +62,17 @@ def random_store(tmp_path_factory: pytest.TempPathFactory, mnist5k: Dataset):
 
 
 @pytest.fixture(scope="session")
-def tiny_store(tmp_path_factory: pytest.TempPathFactory, mnist5k: Dataset, worker_id: str):
+def tiny_store(tmp_path_factory: pytest.TempPathFactory, mnist5k: Dataset):
     """A store with every pool of ``fixtures/tiny.yaml`` trained for one epoch, with the verifiers' team
-    selection and DeT's reformer list (the pools' post steps). Trained once per test run: with parallel
-    workers (pytest-xdist) the first trains it while the others wait on a file lock, and each worker works on
-    its own copy (tests write caches and thresholds into it)."""
-    from filelock import FileLock
-
+    selection and DeT's reformer list (the pools' post steps)."""
     from ensdef.presets import load_preset
     from ensdef.store import ArtifactStore
     from ensdef.training.pools import Pool, train_pools
 
     preset = load_preset(FIXTURES / "tiny.yaml")
-    if worker_id == "master":  # not distributed
-        store = ArtifactStore(tmp_path_factory.mktemp("tiny-store"))
-        train_pools(preset, mnist5k, store, list(Pool))
-        return store, preset
-    shared = tmp_path_factory.getbasetemp().parent  # one folder for every worker of this run
-    with FileLock(str(shared / "tiny-store.lock")):
-        if not (shared / "tiny-store.done").exists():
-            train_pools(preset, mnist5k, ArtifactStore(shared / "tiny-store"), list(Pool))
-            (shared / "tiny-store.done").touch()
-    own = tmp_path_factory.mktemp("tiny-store")
-    shutil.copytree(shared / "tiny-store", own, dirs_exist_ok=True)
-    return ArtifactStore(own), preset
+    store = ArtifactStore(tmp_path_factory.mktemp("tiny-store"))
+    train_pools(preset, mnist5k, store, list(Pool))
+    return store, preset
 
 
 def free_port() -> int:
@@ -154,23 +140,3 @@ def serving_tiny(
     s = tiny_settings(store_root, **overrides)
     with deployed(ports, s, timeout_s, api_key) as (ep, client):
         yield ep, client, s
-
-
-# Files in the order they are handed to the two xdist workers (``--dist loadfile`` takes them in collection
-# order): the longest first, so that neither worker is left alone with a long file at the end; the first one
-# trains the shared tiny store while the second runs a file that does not need it. The rest keep their order.
-SCHEDULE = (
-    "tests/integration/test_cli.py",
-    "tests/integration/test_main_job.py",
-    "tests/integration/test_cluster.py",
-    "tests/integration/test_serve.py",
-    "tests/integration/test_tune.py",
-    "tests/integration/test_harness.py",
-    "tests/integration/test_serve_ingress_packing.py",
-    "tests/integration/test_direct_ingress.py",
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {f: i for i, f in enumerate(SCHEDULE)}
-    items.sort(key=lambda it: rank.get(it.nodeid.split("::", 1)[0], len(SCHEDULE)))

@@ -13,7 +13,7 @@ from limits import RateLimitItem, parse
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
-from ensdef.errors import ConfigError
+from ensdef.errors import ConfigError, RetryLater
 
 
 @dataclass(frozen=True)
@@ -24,12 +24,8 @@ class QuotaSpec:
     images: str = ""
 
 
-class QuotaExceeded(Exception):
-    """A client over its quota; ``retry_after_s`` (at least 1) is when the window lets it in again."""
-
-    def __init__(self, message: str, retry_after_s: int) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
+class QuotaExceeded(RetryLater):
+    """A client over its quota; ``retry_after_s`` is when the window lets it in again."""
 
 
 def _item(rate: str, what: str) -> RateLimitItem | None:
@@ -67,7 +63,7 @@ class Quotas:
                 raise QuotaExceeded(message, item.get_expiry())
             if not self._limiter.test(item, client, cost=cost):
                 reset = self._limiter.get_window_stats(item, client).reset_time
-                wait = max(1, math.ceil(reset - time.time()))
+                wait = math.ceil(reset - time.time())
                 raise QuotaExceeded(f"quota of {item.amount} {what} per {_window(item)} reached", wait)
         for item, cost, _ in checks:
             if item is not None:

@@ -109,7 +109,7 @@ def test_detector_scores_are_knn_means_over_the_clients_memory(encoding: Encodin
     det = StatefulDetector(spec, threshold=-np.inf)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(100, 1, 8, 8, generator=g)
-    enc = ENCODERS[encoding](x).numpy()
+    enc = ENCODERS[encoding](x.numpy())
     sent: list[np.ndarray] = []
     for lo, hi in ((0, 3), (3, 30), (30, 64), (64, 100)):
         got = det.observe("c", x[lo:hi], now=1.0).scores
