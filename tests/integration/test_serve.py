@@ -615,3 +615,13 @@ def test_metrics_reach_rays_prometheus_endpoint(served, ray_serve, mnist5k) -> N
         time.sleep(3)
     assert wanted.search(text), "no ensdef_requests series for defense noisy-vote was exported"
     assert "ensdef_client_queries" in text and "ensdef_member_batch_size" in text
+    # the Grafana dashboard's names are Ray's export names: every ensdef series exported so far is one of them
+    from tests.unit.test_dashboard import defined_metrics, exported_names
+
+    exported = set(re.findall(r"^(\w*ensdef_\w+)\{", text, re.MULTILINE))
+    assert {
+        "ray_ensdef_requests_total",
+        "ray_ensdef_client_queries_total",
+        "ray_ensdef_member_batch_size_bucket",
+    } <= exported
+    assert exported <= set(exported_names(defined_metrics())), exported - set(exported_names(defined_metrics()))

@@ -28,11 +28,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _serial_preset(tmp_path: Path) -> Path:
-    """The tiny preset's three verifiers with a few epochs each, trained one trial at a time: Tune's driver logs
-    a trial done a few seconds after it ends under load, so with one-epoch trials the interrupt could land after
-    the last one; four epochs keep the second trial running well past the first one's log line."""
+    """The tiny preset with five verifiers of a few epochs, trained one trial at a time: Tune's driver logs a
+    trial done a few seconds after it ends under load, so with the tiny preset's three trials the interrupt
+    could land after the last one."""
     cfg = yaml.safe_load((FIXTURES / "tiny.yaml").read_text())
-    cfg["verifiers"]["architectures"] = ["lenet", "mlp", "cnn4"]
+    cfg["verifiers"]["architectures"] = ["lenet", "mlp", "cnn6", "cnn4", "cnn5"]
     cfg["verifiers"]["train"]["epochs"] = 4
     cfg["tune"]["max_concurrent"] = 1
     path = tmp_path / "serial.yaml"

@@ -1,7 +1,7 @@
 """The Grafana dashboard (``cluster/grafana/ensdef.json``) queries only metrics the service defines, under the
 names Ray exports them with (``ray_`` prefix; counters end in ``_total``, histograms export ``_bucket``,
-``_sum`` and ``_count``), and shows every one of them. The exported names themselves are checked against a
-live service in ``tests/integration/test_serve.py::test_metrics_reach_rays_prometheus_endpoint``."""
+``_sum`` and ``_count``), and shows every one of them. The naming rule itself is checked against a live
+service in ``tests/integration/test_serve.py::test_metrics_reach_rays_prometheus_endpoint``."""
 
 from __future__ import annotations
 
