@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -35,12 +35,6 @@ class Unauthenticated(Exception):
 
 class Refused(RetryLater):
     """A client refused after a detection, until its cooldown ends (HTTP 403 / gRPC PERMISSION_DENIED)."""
-
-
-@dataclass(frozen=True)
-class Admission:
-    client: str
-    flag: bool = False  # flag every answer (the client is under a detection's cooldown, action ``flag``)
 
 
 class Guard:
@@ -71,9 +65,10 @@ class Guard:
         c = self.counts.get(client)
         return client if c is not None and c.series else OTHER
 
-    async def admit(self, client: str, x: torch.Tensor) -> Admission:
-        """Quota, then detection, then counting, for images ``x`` ``[B, C, H, W]`` from ``client``. Raises
-        :class:`QuotaExceeded` or :class:`Refused`; sleeps when the client is throttled."""
+    async def admit(self, client: str, x: torch.Tensor) -> bool:
+        """Quota, then counting, then detection, for images ``x`` ``[B, C, H, W]`` from ``client``. Raises
+        :class:`QuotaExceeded` or :class:`Refused`; sleeps when the client is throttled. Returns whether every
+        answer is to be flagged (the client is under a ``flag`` detection's cooldown)."""
         try:
             self.quotas.admit(client, len(x))
         except QuotaExceeded:
@@ -82,7 +77,7 @@ class Guard:
         series, n = self.counts.add(client, len(x))
         self.m_queries.inc(n, tags={"client": series})
         if self.detector is None:
-            return Admission(client)
+            return False
         now, det = time.monotonic(), self.s.detection
         obs = self.detector.observe(client, x, now)
         hits = int(obs.detected.sum())
@@ -103,12 +98,12 @@ class Guard:
         left = self.suspect_until.get(client, 0.0) - now
         if left <= 0:
             self.suspect_until.pop(client, None)
-            return Admission(client)
+            return False
         if det.action is Action.REFUSE:
             raise Refused("refused: this client's queries look like a black-box attack", int(left) + 1)
         if det.action is Action.THROTTLE:
             await asyncio.sleep(det.throttle_s)
-        return Admission(client, flag=det.action is Action.FLAG)
+        return det.action is Action.FLAG
 
     def clients(self, top: int) -> list[dict[str, Any]]:
         """The ``top`` clients by images: counts, series, detections (operators' view)."""

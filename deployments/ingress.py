@@ -193,7 +193,7 @@ class Ingress:
                     t["retry_after_s"],
                 )
             raise Unknown(f"unknown defense {defense!r}; served: {', '.join(self.served)}")
-        admission = await self.guard.admit(client, x)
+        flag = await self.guard.admit(client, x)
         await self.watch.admit()
         try:
             if self.local and defense in self.local.defenses:
@@ -202,7 +202,7 @@ class Ingress:
                 verdict = await self.routers[defense].classify.remote(defense, x, seed)
         finally:
             self.watch.done()
-        return _flagged(verdict) if admission.flag else verdict
+        return _flagged(verdict) if flag else verdict
 
     # --- HTTP -------------------------------------------------------------------------------------------
     @app.get("/healthz")

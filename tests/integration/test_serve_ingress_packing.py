@@ -105,12 +105,13 @@ def test_keys_quotas_and_counts_follow_the_key(served_inline, mnist5k) -> None:
         alice_s = time.monotonic() - t0
     assert sorted(r.status_code for r in carol) == [200] * 3 + [429] * 21
     refused = next(r for r in carol if r.status_code == 429)
-    assert 1 <= int(refused.headers["Retry-After"]) <= 60 and "quota of 3 requests per minute" in refused.text
+    # the window frees up a minute after carol's first answered request, a few seconds ago
+    assert 30 <= int(refused.headers["Retry-After"]) <= 60 and "quota of 3 requests per minute" in refused.text
     assert [r.status_code for r in alice] == [200] * 40 and alice_s < 30
     with pytest.raises(grpc.RpcError) as e:
         EnsdefClient(ep.grpc, app, api_key=KEYS["carol"]).classify("target", x)
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert 1 <= int(dict(e.value.trailing_metadata())["retry-after"]) <= 60
+    assert 10 <= int(dict(e.value.trailing_metadata())["retry-after"]) <= 60
     # counts are the key's, never the declared id's: 40 random ids added nothing but alice's own count
     after = admin_clients(ep)
     assert after["alice"]["images"] - before["images"] == 80 and after["alice"]["requests"] - before["requests"] == 40

@@ -43,7 +43,7 @@ def test_quotas_count_requests_and_images_and_a_refusal_consumes_nothing() -> No
     q.admit("a", 4)
     with pytest.raises(QuotaExceeded, match="10 images") as e:
         q.admit("a", 4)  # 12 images > 10
-    assert 1 <= e.value.retry_after_s <= 60
+    assert 58 <= e.value.retry_after_s <= 60  # the window's oldest hit, just now, frees up in a minute
     q.admit("a", 2)  # the refused request took nothing: 10 images, 3 requests
     with pytest.raises(QuotaExceeded, match="3 requests"):
         q.admit("a", 0)
@@ -188,7 +188,7 @@ def test_guard_quota_refuses_one_client_and_not_another() -> None:
         await g.admit("a", x)
         with pytest.raises(QuotaExceeded) as e:
             await g.admit("a", x)
-        assert 1 <= e.value.retry_after_s <= 60
+        assert 58 <= e.value.retry_after_s <= 60
         for _ in range(10):
             await g.admit("vip", x)
 
@@ -211,11 +211,11 @@ def test_every_detection_action_does_what_it_says(action: str) -> None:
         for _ in range(4):  # the 4th has three identical queries before it: detected
             t0 = time.monotonic()
             try:
-                out.append((await g.admit("a", same)).flag)
+                out.append(await g.admit("a", same))
             except Refused as e:
                 out.append(("refused", e.retry_after_s))
             out.append(round(time.monotonic() - t0, 1))
-        out.append((await g.admit("b", other)).flag)  # another client is untouched
+        out.append(await g.admit("b", other))  # another client is untouched
         return out
 
     got = asyncio.run(run())
