@@ -114,7 +114,8 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
         "--torch-threads",
         type=int,
         default=None,
-        help="torch CPU threads here and in every Ray task (figures equal bit for bit across processes only at "
+        help="torch and numpy (BLAS) CPU threads here and in every Ray task (figures equal bit for bit across "
+        "processes only at "
         "one thread count; default: each process's own)",
     )
     p.add_argument("--task-gpus", type=float, default=0.0, help="GPUs per Ray task (members then run on CUDA)")
@@ -126,7 +127,7 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
 def _evaluate(a: argparse.Namespace) -> Result:
     from ensdef.config import ConfigError
     from ensdef.evaluation import report
-    from ensdef.evaluation.harness import Harness, HarnessSpec, Threat
+    from ensdef.evaluation.harness import Harness, HarnessSpec, Threat, cpu_threads
     from ensdef.presets.budgets import check_attacks
 
     preset, data, store = _preset_data(a)
@@ -149,16 +150,13 @@ def _evaluate(a: argparse.Namespace) -> Result:
         threats = tuple(Threat(t) for t in csv(a.threats) or ())
     except ValueError:
         raise ConfigError(f"--threats {a.threats!r}: choose from {', '.join(t.value for t in Threat)}") from None
-    if a.torch_threads:
-        import torch
-
-        torch.set_num_threads(a.torch_threads)
-    harness = Harness(store, preset, data, cfg, threats, use_cache=not a.no_cache, device=_device(a))
-    runner = None
-    if a.workers or a.address:
-        spec = HarnessSpec(store.root, preset, cfg, threats, not a.no_cache, str(_device(a)), a.torch_threads)
-        runner = plugin("ensdef.runners", "ray")(spec, a.address, a.workers, a.task_cpus, a.task_gpus)
-    rep = harness.run(runner=runner)
+    with cpu_threads(a.torch_threads or None):
+        harness = Harness(store, preset, data, cfg, threats, use_cache=not a.no_cache, device=_device(a))
+        runner = None
+        if a.workers or a.address:
+            spec = HarnessSpec(store.root, preset, cfg, threats, not a.no_cache, str(_device(a)), a.torch_threads)
+            runner = plugin("ensdef.runners", "ray")(spec, a.address, a.workers, a.task_cpus, a.task_gpus)
+        rep = harness.run(runner=runner)
     paths = report.write(rep, a.out)
     failed = [c for c in rep.extra["sanity"] if not c["passed"] and c["severity"] == "fail"]
     fired = [c for c in rep.extra["sanity"] if not c["passed"] and c["name"].startswith("indicator:")]

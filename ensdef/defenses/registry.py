@@ -191,6 +191,7 @@ def _det(src: MemberSource, preset: Preset) -> Defense:
         c.eps,
         c.samples,
         names=("target", chosen["preliminary"], chosen["list"]),
+        surrogate_samples=c.surrogate_samples,
     )
 
 

@@ -15,19 +15,22 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from ensdef.attacks.art_classifier import art_classifier
 from ensdef.attacks.cache import AttackCache, cache_key
 from ensdef.attacks.catalog import attack_params, run_attack
 from ensdef.attacks.graybox import graybox_examples
+from ensdef.config import to_plain
 from ensdef.data import Dataset, Split, load_dataset
 from ensdef.defenses.base import Defense
 from ensdef.defenses.registry import DEFENSES, build_defense, load_target
@@ -42,6 +45,15 @@ from ensdef.store import ArtifactStore
 from ensdef.types import Role
 
 log = logging.getLogger(__name__)
+
+
+def defense_settings(preset: Preset) -> dict[str, Any]:
+    """The preset's settings a defense can be built from (every section but the evaluation's, Tune's and the
+    names): with the artifacts' digests they key a defense's cached cells, so that a changed noise level, team
+    policy or sample count recomputes its cells instead of reading another defense's."""
+    return {k: v for k, v in to_plain(preset).items() if k not in ("name", "evaluation", "tune", "data_root")}
+
+
 CELL_FORMAT = 3  # cached cells of an older format are made again (2: one draw per batch in verification, modef, rls)
 
 
@@ -99,9 +111,9 @@ class HarnessSpec:
     threats: tuple[Threat, ...]
     use_cache: bool = True
     device: str = "cpu"
-    # torch's CPU threads while computing a row (None: the worker's own). Float sums depend on how a pass is
-    # split over threads, so rows equal bit for bit across processes only at one count (ensdef evaluate
-    # --torch-threads sets it for the driver and its tasks alike)
+    # torch's and numpy's CPU threads while computing a row (None: the worker's own; cpu_threads). Float sums
+    # depend on how a pass is split over threads, so rows equal bit for bit across processes only at one count
+    # (ensdef evaluate --torch-threads sets it for the driver and its tasks alike)
     threads: int | None = None
 
     def build(self) -> Harness:
@@ -111,15 +123,30 @@ class HarnessSpec:
         )
 
 
+@contextmanager
+def cpu_threads(n: int | None) -> Iterator[None]:
+    """Inside the block, torch's CPU threads and the BLAS / OpenMP pools numpy calls into (threadpoolctl) are
+    ``n`` (None: unchanged). Both matter: the attacks' float sums run in torch, ART's decision-based attacks
+    (HopSkipJump's gradient estimates, its binary searches) in numpy, and a process's pools differ by default
+    (Ray sizes a worker's to its CPUs)."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        with threadpool_limits(limits=n):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def defense_result(spec: HarnessSpec, name: str) -> DefenseResult:
     """Build the harness from ``spec`` and compute defense ``name``'s row (a Ray task's body). The static set
     is read from the store's cache when the driver made it first."""
-    h, before = spec.build(), torch.get_num_threads()
-    torch.set_num_threads(spec.threads or before)
-    try:
+    with cpu_threads(spec.threads):
+        h = spec.build()
         return h.evaluate_defense(name, h.static_set() if Threat.STATIC in h.threats else {})
-    finally:
-        torch.set_num_threads(before)
 
 
 class Harness(AdaptiveCells):
@@ -209,7 +236,7 @@ class Harness(AdaptiveCells):
         c = self.cfg
         with self.store.recording() as used:
             defense = build_defense(name, self.store, self.preset, self.device)
-        self.fingerprints[name] = cache_key(used)
+        self.fingerprints[name] = cache_key({"artifacts": used, "settings": defense_settings(self.preset)})
         self.randomized[name] = defense.randomized
         row: dict[str, dict[str, Any]] = {}
         n = min(c.benign_n, len(self.data.test))

@@ -115,6 +115,7 @@ class DeTConfig:
     sigma: float = 0.1  # Gaussian noise before the preliminary reformer
     eps: float = 0.1  # hypercube sampling scale around the preliminary reconstruction
     samples: int = 10  # n hypercube samples per input
+    surrogate_samples: int = 1  # hypercube samples per EOT draw of the attack surrogate (ensdef.defenses.det)
     list_size: int = 3
     preliminary: str = "reformer-reformer_conv"
     cross_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, batch_size=256))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,7 @@ import yaml
 
 from ensdef.config import from_mapping, to_plain
 from ensdef.errors import ConfigError
+from ensdef.evaluation.harness import defense_settings
 from ensdef.noise import NoiseKind
 from ensdef.presets import PRESET_DIR, Preset, TrainConfig, load_preset, merged
 from ensdef.types import Optim
@@ -98,3 +100,16 @@ def test_per_defense_cuts_apply_to_their_defense_only(tmp_path: Path) -> None:
     e = load_preset(f).evaluation
     assert e.for_defense("modef").apgd_targets == 1 and e.for_defense("modef").apgd_iter == e.apgd_iter
     assert e.for_defense("det") is e and e.apgd_targets == 3
+
+
+def test_cached_cells_key_on_the_defense_settings_not_on_the_evaluations() -> None:
+    p = load_preset("mnist5k")
+    same = replace(p, name="copy", evaluation=replace(p.evaluation, per_class=3))
+    assert defense_settings(same) == defense_settings(p)
+    for changed in (
+        replace(p, det=replace(p.det, sigma=0.2)),
+        replace(p, noisy_vote=replace(p.noisy_vote, sigma=0.25)),
+        replace(p, modef=replace(p.modef, max_team=4)),
+        replace(p, rls=replace(p.rls, n=5)),
+    ):
+        assert defense_settings(changed) != defense_settings(p)

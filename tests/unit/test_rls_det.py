@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -155,3 +156,25 @@ def test_reformer_list_selection_hand_worked() -> None:
     # pairs' mean off-diagonal transferability: (0,2) 0.15, (1,2) 0.25, (0,3) 0.5 ...; reformer 0 too inaccurate
     assert select_list([0.99, 0.98, 0.98, 0.97], transfer, 2, 0.9) == [0, 2]
     assert select_list([0.80, 0.98, 0.98, 0.97], transfer, 2, 0.9) == [1, 2]
+
+
+def test_det_surrogate_draw_is_the_mean_over_its_samples_and_one_sample_estimates_the_same_expectation(
+    mnist5k: Dataset,
+) -> None:
+    with seeded(0):
+        clf = build("lenet", (1, 28, 28)).eval()
+    reformers = [Blur(), nn.Identity()]
+    x = mnist5k.test.x[:4]
+    three = DeTDefense(clf, Blur(), reformers, sigma=0.3, eps=0.3, samples=5, surrogate_samples=3)
+    cube = three.hypercube(x, make_generator(7), 3)  # the draw the surrogate takes with the same generator
+    by_hand = torch.stack([F.log_softmax(clf(r(c)), 1) for r in reformers for c in cube]).mean(0)
+    with torch.no_grad():
+        assert torch.allclose(three.surrogate(x, make_generator(7)), by_hand, atol=1e-5)
+        # S draws of one sample against S/3 draws of three: both estimate E over the noise of the log-probs
+        one = DeTDefense(clf, Blur(), reformers, sigma=0.3, eps=0.3, samples=5)
+        a = one.surrogate_many(x, [make_generator(i) for i in range(300)])
+        b = three.surrogate_many(x, [make_generator(1000 + i) for i in range(100)])
+    se = (a.var(0) / 300 + b.var(0) / 100).sqrt()
+    assert ((a.mean(0) - b.mean(0)).abs() <= 4 * se + 1e-4).all()
+    with pytest.raises(ValueError, match="surrogate_samples"):
+        DeTDefense(clf, Blur(), reformers, surrogate_samples=0)
