@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import random
 from collections.abc import Iterator
 
 import numpy as np
@@ -73,17 +74,21 @@ def seeded(seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
 
 @contextlib.contextmanager
 def seeded_libraries(seed: int) -> Iterator[None]:
-    """Run a block with torch's and numpy's process-wide RNGs seeded from ``seed``, restoring both after.
+    """Run a block with torch's, numpy's and Python's process-wide RNGs seeded from ``seed``, restoring all
+    three after.
 
     For library code that draws from them and takes no generator (ART's random starts and restarts use
-    ``np.random``): the block gives the same result whatever ran before it, in this process or another."""
-    state = np.random.get_state()
+    ``np.random``, its L2 Square attack ``random``): the block gives the same result whatever ran before it,
+    in this process or another."""
+    state, py_state = np.random.get_state(), random.getstate()
     np.random.seed(int(seed) % 2**32)
+    random.seed(int(seed))
     try:
         with seeded(int(seed) % 2**63):
             yield
     finally:
         np.random.set_state(state)
+        random.setstate(py_state)
 
 
 def spawn_seeds(g: torch.Generator, k: int) -> list[int]:

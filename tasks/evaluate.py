@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Sequence
 
 import ray
@@ -34,7 +35,8 @@ def ray_runner(
         if address:
             ray.init(address=address, log_to_driver=False)
         else:
-            ray.init(address="local", num_cpus=(workers or 1) * task_cpus, log_to_driver=False)
+            # Ray counts a node's CPUs in whole numbers: fractional tasks may then run a few more at once
+            ray.init(address="local", num_cpus=max(1, math.ceil((workers or 1) * task_cpus)), log_to_driver=False)
     device = "cuda" if task_gpus > 0 else spec.device
 
     def run(names: Sequence[str]) -> list[DefenseResult]:

@@ -137,8 +137,53 @@ def _square(c: Any, t: bool, p: dict[str, Any]) -> Any:
     return SquareAttack(c, eps=p["eps"], max_iter=p["max_iter"], nb_restarts=p.get("restarts", 1), verbose=False)
 
 
+class SeededHopSkipJump(HopSkipJump):
+    """ART's HopSkipJump whose search for a first adversarial image draws from a ``RandomState`` seeded from
+    numpy's global RNG when the attack is built (ART's draws from an unseeded one, so two runs of the same cell
+    started from different images and ended apart). The search is ART's: up to ``init_size`` uniform images,
+    one query each, the first that satisfies the attack refined by an L2 binary search toward the input."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._rng = np.random.RandomState(np.random.randint(2**31))
+
+    def _init_sample(
+        self,
+        x: np.ndarray,
+        y: int,
+        y_p: int,
+        init_pred: int,
+        adv_init: np.ndarray,
+        mask: np.ndarray | None,
+        clip_min: float,
+        clip_max: float,
+    ) -> tuple[np.ndarray, int] | None:
+        if self.targeted and y == y_p:  # nothing to do
+            return None
+        if adv_init is not None and (init_pred == y if self.targeted else init_pred != y_p):
+            return adv_init.astype(np.float32), (init_pred if self.targeted else y_p)
+        for _ in range(self.init_size):
+            img = self._rng.uniform(clip_min, clip_max, size=x.shape).astype(x.dtype)
+            if mask is not None:
+                img = img * mask + x * (1 - mask)
+            cls = int(np.argmax(self.estimator.predict(img[None], batch_size=self.batch_size), axis=1)[0])
+            if cls == y if self.targeted else cls != y_p:
+                keep = y if self.targeted else y_p
+                img = self._binary_search(
+                    current_sample=img,
+                    original_sample=x,
+                    target=keep,
+                    norm=2,
+                    clip_min=clip_min,
+                    clip_max=clip_max,
+                    threshold=0.001,
+                )
+                return img, keep
+        return None
+
+
 def _hsj(c: Any, t: bool, p: dict[str, Any]) -> Any:
-    return HopSkipJump(
+    return SeededHopSkipJump(
         c,
         targeted=t,
         norm=np.inf,

@@ -96,7 +96,12 @@ def _rls_compare(a: argparse.Namespace) -> Result:
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
     preset_store(p)
-    p.add_argument("--out", required=True, help="folder for report.json, report.md and the PNG plots")
+    p.add_argument("--out", default=None, help="folder for report.json, report.md and the PNG plots (required)")
+    p.add_argument(
+        "--estimate",
+        action="store_true",
+        help="time each defense's passes and print the estimated minutes of its adaptive cells; attack nothing",
+    )
     p.add_argument("--defenses", default=None, help="comma list (default: the preset's evaluation.defenses)")
     p.add_argument("--attacks", default=None, help="static attack set (default: the preset's)")
     p.add_argument("--threats", default="static,graybox,adaptive", help="comma list of static, graybox, adaptive")
@@ -115,12 +120,31 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="torch and numpy (BLAS) CPU threads here and in every Ray task (figures equal bit for bit across "
-        "processes only at "
-        "one thread count; default: each process's own)",
+        "processes only at one thread count; default: each process's own)",
     )
     p.add_argument("--task-gpus", type=float, default=0.0, help="GPUs per Ray task (members then run on CUDA)")
     device_arg(p)
     data_args(p)
+
+
+def _estimates(harness: Any, names: list[str], as_json: bool) -> Any:
+    """``ensdef evaluate --estimate``: each defense's estimated adaptive minutes, a table unless ``--json``."""
+    from ensdef.evaluation.costs import estimate_rows
+
+    h = harness
+    rows = estimate_rows(h.store, h.preset, h.cfg, h.ref.x, h.ref.y, names, h.device)
+    total = sum(r["seconds"] for r in rows.values())
+    if as_json:
+        return {"images": len(h.ref.x), "defenses": rows, "total_seconds": round(total, 1)}
+    lines = [f"adaptive cells on {len(h.ref.x)} images, estimated (an upper bound; docs/evaluation.md):"]
+    for name, r in rows.items():
+        t = r["passes"]
+        lines.append(
+            f"  {name:14s} {r['seconds'] / 60:7.1f} min   gradient step {t['gradient']:.2f} s, "
+            f"decisions on the set {t['decide_set']:.2f} s, on one image {t['decide_one'] * 1000:.0f} ms"
+        )
+    lines.append(f"  {'total':14s} {total / 60:7.1f} min")
+    return "\n".join(lines)
 
 
 @command(COMMANDS, "evaluate", "static, gray-box and adaptive evaluation with a report", _evaluate_args)
@@ -150,8 +174,12 @@ def _evaluate(a: argparse.Namespace) -> Result:
         threats = tuple(Threat(t) for t in csv(a.threats) or ())
     except ValueError:
         raise ConfigError(f"--threats {a.threats!r}: choose from {', '.join(t.value for t in Threat)}") from None
+    if a.out is None and not a.estimate:
+        raise ConfigError("evaluate needs --out DIR (or --estimate, which writes nothing)")
     with cpu_threads(a.torch_threads or None):
         harness = Harness(store, preset, data, cfg, threats, use_cache=not a.no_cache, device=_device(a))
+        if a.estimate:
+            return _estimates(harness, csv(a.defenses) or list(cfg.defenses), a.json), 0
         runner = None
         if a.workers or a.address:
             spec = HarnessSpec(store.root, preset, cfg, threats, not a.no_cache, str(_device(a)), a.torch_threads)

@@ -50,6 +50,8 @@ def test_decision_attack_within_budget_and_refusals_are_no_success(mnist5k, atta
     run = DecisionAttack(eps, BUDGETS[attack], seed=0, attack=attack)
     adv, info = run(SingleModel(model), x, y)
     assert adv.shape == tuple(x.shape) and info["queries"] > 0 and info["sees"] == "decisions"
+    again, twice = run(SingleModel(model), x, y)  # the same seed replays exactly (ART's HopSkipJump starts
+    assert (again == adv).all() and twice["queries"] == info["queries"]  # from an unseeded RandomState)
     assert (abs(adv - x.numpy()).max() <= eps + 1e-6) and adv.min() >= 0 and adv.max() <= 1
     fooled = (model(torch.from_numpy(adv)).argmax(1) != y).float().mean()
     assert fooled > 0  # from labels alone it finds wrong answers within the budget
