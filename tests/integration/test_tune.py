@@ -28,12 +28,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _serial_preset(tmp_path: Path) -> Path:
-    """The tiny preset with five verifiers of a few epochs, trained one trial at a time: Tune's driver logs a
+    """The tiny preset with five verifiers of two epochs, trained one trial at a time: Tune's driver logs a
     trial done a few seconds after it ends under load, so with the tiny preset's three trials the interrupt
-    could land after the last one."""
+    could land after the last one. The cheapest architectures of the zoo but one (cnn5, the longest, starts
+    first and is the trial the interrupt waits for)."""
     cfg = yaml.safe_load((FIXTURES / "tiny.yaml").read_text())
-    cfg["verifiers"]["architectures"] = ["lenet", "mlp", "cnn6", "cnn4", "cnn5"]
-    cfg["verifiers"]["train"]["epochs"] = 4
+    cfg["verifiers"]["architectures"] = ["lenet", "mlp", "rbf_svm", "cnn6", "cnn5"]
+    cfg["verifiers"]["train"]["epochs"] = 2
     cfg["tune"]["max_concurrent"] = 1
     path = tmp_path / "serial.yaml"
     path.write_text(yaml.safe_dump(cfg))
