@@ -18,12 +18,12 @@ from art.attacks.evasion import (
     DeepFool,
     ElasticNet,
     FastGradientMethod,
-    HopSkipJump,
     ProjectedGradientDescent,
     SaliencyMapMethod,
     SquareAttack,
 )
 
+from ensdef.attacks.hopskipjump import SeededHopSkipJump
 from ensdef.presets.budgets import BUDGETS, Target, attack_params
 from ensdef.registry import Registry
 
@@ -135,57 +135,6 @@ def _deepfool(c: Any, t: bool, p: dict[str, Any]) -> Any:
 
 def _square(c: Any, t: bool, p: dict[str, Any]) -> Any:
     return SquareAttack(c, eps=p["eps"], max_iter=p["max_iter"], nb_restarts=p.get("restarts", 1), verbose=False)
-
-
-class SeededHopSkipJump(HopSkipJump):
-    """ART's HopSkipJump whose search for a first adversarial image draws from a ``RandomState`` seeded from
-    numpy's global RNG when the attack is built (ART's draws from an unseeded one, so two runs of the same cell
-    started from different images and ended apart). The search is ART's, up to ``init_size`` uniform images and
-    the first that satisfies the attack refined by an L2 binary search toward the input, but its images are
-    asked :data:`INIT_BATCH` at a time (ART asks one per query: a defense's per-call cost, 100 times per
-    image)."""
-
-    INIT_BATCH = 20
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._rng = np.random.RandomState(np.random.randint(2**31))
-
-    def _init_sample(
-        self,
-        x: np.ndarray,
-        y: int,
-        y_p: int,
-        init_pred: int,
-        adv_init: np.ndarray,
-        mask: np.ndarray | None,
-        clip_min: float,
-        clip_max: float,
-    ) -> tuple[np.ndarray, int] | None:
-        if self.targeted and y == y_p:  # nothing to do
-            return None
-        keep = y if self.targeted else y_p
-        if adv_init is not None and (init_pred == y if self.targeted else init_pred != y_p):
-            return adv_init.astype(np.float32), (init_pred if self.targeted else y_p)
-        for start in range(0, self.init_size, self.INIT_BATCH):
-            k = min(self.INIT_BATCH, self.init_size - start)
-            imgs = self._rng.uniform(clip_min, clip_max, size=(k, *x.shape)).astype(x.dtype)
-            if mask is not None:
-                imgs = imgs * mask + x * (1 - mask)
-            cls = np.argmax(self.estimator.predict(imgs, batch_size=self.batch_size), axis=1)
-            hits = np.flatnonzero(cls == y if self.targeted else cls != y_p)
-            if hits.size:
-                img = self._binary_search(
-                    current_sample=imgs[hits[0]],
-                    original_sample=x,
-                    target=keep,
-                    norm=2,
-                    clip_min=clip_min,
-                    clip_max=clip_max,
-                    threshold=0.001,
-                )
-                return img, keep
-        return None
 
 
 def _hsj(c: Any, t: bool, p: dict[str, Any]) -> Any:

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ensdef.cli.command import Command, Result, command, csv, data_args, device_arg, plugin, preset_store
 from ensdef.registry import Registry
+
+if TYPE_CHECKING:
+    from ensdef.evaluation.harness import Harness
 
 COMMANDS: Registry[Command] = Registry("command")
 
@@ -127,7 +130,7 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     data_args(p)
 
 
-def _estimates(harness: Any, names: list[str], as_json: bool) -> Any:
+def _estimates(harness: Harness, names: list[str], as_json: bool) -> dict[str, Any] | str:
     """``ensdef evaluate --estimate``: each defense's estimated adaptive minutes, a table unless ``--json``."""
     from ensdef.evaluation.costs import estimate_rows
 
