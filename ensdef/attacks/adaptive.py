@@ -11,6 +11,7 @@ not. Non-differentiable steps (clipping, argmax votes) are replaced by the surro
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -98,26 +99,39 @@ def apgd_examples(
     """ART's APGD through the defense's EOT surrogate: untargeted with ``loss`` (``cross_entropy`` or
     ``difference_logits_ratio``), or, with ``targets`` > 0, targeted at each of the surrogate's ``targets``
     most likely wrong classes. A defense that flags or abstains is also attacked with the same APGD through
-    its detector-aware surrogate (:func:`flag_aware_examples`). Per image the candidate that does worst for
-    the defense is kept (its own decisions, with a selection seed that is not the scoring seed)."""
+    its detector-aware surrogate (:func:`flag_aware_examples`). The runs go in turn, each on the images the
+    earlier ones did not make wrong and unflagged in the defense's own decisions (as AutoAttack's APGD-T);
+    per image the candidate that does worst for the defense is kept (its own decisions, with a selection
+    seed that is not the scoring seed)."""
     params = {**attack_params("apgd", overrides), "loss": loss}
     samples = eot if defense.randomized else 0
-    xs, ys = x.numpy(), y.numpy()
+    xs, ys = x.numpy().astype(np.float32), y.numpy()
     clf = art_classifier(EOTSurrogate(defense, samples, seed), tuple(x.shape[1:]), num_classes)
     spec = ATTACKS["apgd"]
+
+    def onehot(labels: np.ndarray) -> np.ndarray:
+        return np.eye(num_classes, dtype=np.float32)[labels]
+
+    runs: list[Callable[[np.ndarray], np.ndarray]] = []  # image indices -> their examples, in turn
     if targets <= 0:
-        candidates = [spec.build(clf, False, params).generate(x=xs, y=np.eye(num_classes, dtype=np.float32)[ys])]
+        runs.append(lambda i: spec.build(clf, False, params).generate(x=xs[i], y=onehot(ys[i])))
     else:
         scores = clf.predict(xs)
         scores[np.arange(len(ys)), ys] = -np.inf
         ranked = np.argsort(-scores, axis=1)[:, :targets]  # [N, T] most likely wrong classes
-        candidates = [
-            spec.build(clf, True, params).generate(x=xs, y=np.eye(num_classes, dtype=np.float32)[ranked[:, t]])
-            for t in range(ranked.shape[1])
-        ]
-    candidates = [c.astype(np.float32) for c in candidates]
+        for t in range(ranked.shape[1]):
+            runs.append(lambda i, t=t: spec.build(clf, True, params).generate(x=xs[i], y=onehot(ranked[i, t])))
     if defense.can_flag:
-        candidates.append(flag_aware_examples(defense, "apgd", params, xs, ys, samples, seed, num_classes))
+        runs.append(lambda i: flag_aware_examples(defense, "apgd", params, xs[i], ys[i], samples, seed, num_classes))
+    candidates, left = [], np.arange(len(ys))
+    for k, run in enumerate(runs):  # each run on the images the earlier ones left standing (as AutoAttack)
+        cand = xs.copy()
+        if len(left):
+            cand[left] = run(left)
+            if k < len(runs) - 1:
+                got = outcomes(decide_all(defense, torch.from_numpy(cand[left]), seed + 11), ys[left])
+                left = left[[o is not Outcome.WRONG_UNFLAGGED for o in got]]
+        candidates.append(cand)
     adv = candidates[0] if len(candidates) == 1 else worst_case(defense, candidates, ys, seed + 11)
     chosen = len(candidates) - int(defense.can_flag) if targets > 0 else 0
     return adv, {"attack": "apgd", **params, "eot": samples, "targets": chosen, "detector_aware": defense.can_flag}

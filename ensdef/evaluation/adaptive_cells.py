@@ -8,6 +8,7 @@ Lee et al. (2021)'s multi-sample attack on RLS, and the attack-failure indicator
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from ensdef.attacks.multi_sample import MeanOfNetworks
 from ensdef.attacks.superimpose import fooled_mask, superimpose
 from ensdef.defenses.base import Defense
 from ensdef.defenses.rls import RLSEnsemble
+from ensdef.evaluation.cascade import Attacked, Cascade
 from ensdef.evaluation.indicators import indicators
 from ensdef.rng import make_generator
 
@@ -37,7 +39,7 @@ class AdaptiveCells:
     cache: Any
     indicators: dict[str, list[dict[str, Any]]]
 
-    def _adaptive_cell(self, name: str, defense: Defense, eps: float, iters: int) -> dict[str, Any]:
+    def _adaptive_cell(self, name: str, defense: Defense, eps: float, iters: int) -> Attacked:
         """Adaptive attack at ``eps`` with ``iters`` steps of size 2.5 * eps_max / adaptive_iter (fixed, so
         that doubling the iterations can only search further)."""
         c = self.cfg.for_defense(name)
@@ -47,52 +49,46 @@ class AdaptiveCells:
         )
         objective = "worst of detector-aware and untargeted" if defense.can_flag else "untargeted"
         parts = self._key(defense=name, attack=c.adaptive_attack, params=params, eot=c.eot, objective=objective)
-        info: dict[str, Any] = {}
 
         def gen() -> np.ndarray:
-            adv, what = adaptive_examples(
-                defense, self.ref.x, self.ref.y, c.adaptive_attack, params, c.eot, c.seed, self.k
-            )
-            info.update(what)
-            return adv
+            x, y = self.ref.x, self.ref.y
+            return adaptive_examples(defense, x, y, c.adaptive_attack, params, c.eot, c.seed, self.k)[0]
 
-        def make() -> dict:
-            adv = self.examples("adaptive", parts, gen)
-            return self.cell(
-                defense,
-                "adaptive",
-                adv,
-                {"eps": eps, "max_iter": iters, "objective": objective, "eot": c.eot if defense.randomized else 0},
-            )
+        extra = {"eps": eps, "max_iter": iters, "objective": objective, "eot": c.eot if defense.randomized else 0}
+        return self.attacked(name, defense, "adaptive", parts, self.examples("adaptive", parts, gen), extra)
 
-        return self.cached_cell(name, "adaptive", parts, make)
-
-    def adaptive(self, name: str, defense: Defense) -> dict[str, dict[str, Any]]:
+    def adaptive(self, name: str, defense: Defense, put: Callable[[str, Attacked], None], cascade: Cascade) -> None:
+        """Every adaptive cell of ``name``, each handed to ``put`` (row key, cell) in order: first the cells
+        that attack every image (PGD, its doubled-iteration check and epsilon curve, Square on scores,
+        superimposition, the multi-sample attack), then the cascade (APGD-CE, targeted APGD-DLR, Square and
+        HopSkipJump on decisions) on the images still standing (:mod:`ensdef.evaluation.cascade`)."""
         c = self.cfg.for_defense(name)
         eps = c.eps_curve[-1]
-        out = {f"adaptive/{c.adaptive_attack}": self._adaptive_cell(name, defense, eps, c.adaptive_iter)}
-        out[f"adaptive/{c.adaptive_attack}-2x"] = self._adaptive_cell(name, defense, eps, 2 * c.adaptive_iter)
+        put(f"adaptive/{c.adaptive_attack}", self._adaptive_cell(name, defense, eps, c.adaptive_iter))
+        put(f"adaptive/{c.adaptive_attack}-2x", self._adaptive_cell(name, defense, eps, 2 * c.adaptive_iter))
         for e in c.eps_curve[:-1]:
-            out[f"adaptive/{c.adaptive_attack}@{e:g}"] = self._adaptive_cell(name, defense, e, c.adaptive_iter)
-        out["adaptive/apgd-ce"] = self.apgd_cell(name, defense, "cross_entropy", 0)
-        out["adaptive/apgd-dlr-targeted"] = self.apgd_cell(name, defense, "difference_logits_ratio", c.apgd_targets)
-        out[f"adaptive/{c.blackbox_attack}"] = self.blackbox(name, defense)
-        if c.decision_iter > 0:
-            out["adaptive/hopskipjump-decisions"] = self.decision_cell(name, defense, "hopskipjump")
-        if c.blackbox_iter > 0:
-            out["adaptive/square-decisions"] = self.decision_cell(name, defense, "square")
+            put(f"adaptive/{c.adaptive_attack}@{e:g}", self._adaptive_cell(name, defense, e, c.adaptive_iter))
+        put(f"adaptive/{c.blackbox_attack}", self.blackbox(name, defense))
         try:
             members = defense.members(make_generator(c.seed))
         except NotImplementedError:
             members = []
         if len(members) > 1:
             for k in c.superimpose:
-                out[f"adaptive/superimpose-{k}"] = self.superimposition(name, defense, members, k)
+                put(f"adaptive/superimpose-{k}", self.superimposition(name, defense, members, k))
         if isinstance(defense, RLSEnsemble):
             for n in c.rls_samples:
-                out[f"adaptive/rls-{n}-sampled"] = self.multi_sample(name, defense, n)
+                put(f"adaptive/rls-{n}-sampled", self.multi_sample(name, defense, n))
+        put("adaptive/apgd-ce", self.apgd_cell(name, defense, "cross_entropy", 0, cascade))
+        put(
+            "adaptive/apgd-dlr-targeted",
+            self.apgd_cell(name, defense, "difference_logits_ratio", c.apgd_targets, cascade),
+        )
+        if c.blackbox_iter > 0:
+            put("adaptive/square-decisions", self.decision_cell(name, defense, "square", cascade))
+        if c.decision_iter > 0:
+            put("adaptive/hopskipjump-decisions", self.decision_cell(name, defense, "hopskipjump", cascade))
         self.indicators[name] = self.failure_indicators(name, defense)
-        return out
 
     def failure_indicators(self, name: str, defense: Defense) -> list[dict[str, Any]]:
         """Attack-failure indicators of the adaptive attack's surrogate at the full budget (cached)."""
@@ -109,10 +105,11 @@ class AdaptiveCells:
 
         return self.cached_cell(name, "indicators", parts, make)["indicators"]
 
-    def apgd_cell(self, name: str, defense: Defense, loss: str, targets: int) -> dict[str, Any]:
+    def apgd_cell(self, name: str, defense: Defense, loss: str, targets: int, cascade: Cascade) -> Attacked:
         """APGD (cross-entropy, or targeted DLR at ``targets`` wrong classes) through the EOT surrogate at the
-        full budget, ``apgd_iter`` steps and ``apgd_restarts`` random restarts; for a defense that flags or
-        abstains, also through its detector-aware surrogate (the worse for the defense per image)."""
+        full budget, ``apgd_iter`` steps and ``apgd_restarts`` random restarts, on the images ``cascade``
+        left standing; for a defense that flags or abstains, also through its detector-aware surrogate (the
+        worse for the defense per image)."""
         c = self.cfg.for_defense(name)
         more = {"eps": c.eps_curve[-1], "max_iter": c.apgd_iter, "restarts": c.apgd_restarts}
         params = attack_params("apgd", self.budget("apgd", **more))
@@ -120,31 +117,17 @@ class AdaptiveCells:
         parts = self._key(
             defense=name, attack="apgd", params=params, loss=loss, targets=targets, eot=c.eot, detector_aware=aware
         )
-        info: dict[str, Any] = {}
 
-        def gen() -> np.ndarray:
-            adv, what = apgd_examples(
-                defense,
-                self.ref.x,
-                self.ref.y,
-                loss=loss,
-                overrides=params,
-                eot=c.eot,
-                seed=c.seed,
-                targets=targets,
-                num_classes=self.k,
-            )
-            info.update(what)
-            return adv
+        def attack(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+            return apgd_examples(
+                defense, x, y, loss=loss, overrides=params, eot=c.eot, seed=c.seed, targets=targets, num_classes=self.k
+            )[0]
 
-        def make() -> dict:
-            extra = {"loss": loss, "targets": targets, **more, "eot": c.eot if defense.randomized else 0}
-            extra["detector_aware"] = aware
-            return self.cell(defense, f"apgd-{loss}", self.examples("apgd", parts, gen), extra)
+        extra = {"loss": loss, "targets": targets, **more, "eot": c.eot if defense.randomized else 0}
+        extra["detector_aware"] = aware
+        return self.cascaded(name, defense, f"apgd-{loss}-{targets}", parts, cascade, attack, extra)
 
-        return self.cached_cell(name, f"apgd-{loss}-{targets}", parts, make)
-
-    def blackbox(self, name: str, defense: Defense) -> dict[str, Any]:
+    def blackbox(self, name: str, defense: Defense) -> Attacked:
         """ART's Square attack on the defense's output scores (one random draw per query)."""
         c = self.cfg.for_defense(name)
         params = attack_params(
@@ -152,19 +135,18 @@ class AdaptiveCells:
         )
         parts = self._key(defense=name, attack=c.blackbox_attack, params=params)
 
-        def make() -> dict:
-            def gen() -> np.ndarray:
-                clf = art_classifier(EOTSurrogate(defense, 1, c.seed), self.data.shape, self.k)
-                return run_attack(c.blackbox_attack, clf, self.ref.x.numpy(), self.ref.y.numpy(), params)
+        def gen() -> np.ndarray:
+            clf = art_classifier(EOTSurrogate(defense, 1, c.seed), self.data.shape, self.k)
+            return run_attack(c.blackbox_attack, clf, self.ref.x.numpy(), self.ref.y.numpy(), params)
 
-            return self.cell(defense, "blackbox", self.examples("blackbox", parts, gen), {"attack": c.blackbox_attack})
+        adv = self.examples("blackbox", parts, gen)
+        return self.attacked(name, defense, "blackbox", parts, adv, {"attack": c.blackbox_attack})
 
-        return self.cached_cell(name, "blackbox", parts, make)
-
-    def decision_cell(self, name: str, defense: Defense, attack: str) -> dict[str, Any]:
+    def decision_cell(self, name: str, defense: Defense, attack: str, cascade: Cascade) -> Attacked:
         """A query-only attacker on the defense's decisions (labels, refusals as the true label), as a client
-        of the service sees them, projected onto the budget: HopSkipJump (``decision_iter`` iterations of
-        ``decision_evals`` queries) or Square (``blackbox_iter`` queries per image)."""
+        of the service sees them, projected onto the budget, on the images ``cascade`` left standing:
+        HopSkipJump (``decision_iter`` iterations of ``decision_evals`` queries) or Square (``blackbox_iter``
+        queries per image)."""
         c = self.cfg.for_defense(name)
         if attack == "hopskipjump":
             more = {"max_iter": c.decision_iter, "max_eval": c.decision_evals}
@@ -175,16 +157,13 @@ class AdaptiveCells:
         eps = c.eps_curve[-1]
         parts = self._key(defense=name, attack=attack, params=params, eps=eps)
 
-        def make() -> dict:
-            def gen() -> np.ndarray:
-                return DecisionAttack(eps, params, c.seed, self.k, attack)(defense, self.ref.x, self.ref.y)[0]
+        def run(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+            return DecisionAttack(eps, params, c.seed, self.k, attack)(defense, x, y)[0]
 
-            adv = self.examples("decisions", parts, gen)
-            return self.cell(defense, "decisions", adv, {"attack": attack, "sees": "decisions", **params})
+        extra = {"attack": attack, "sees": "decisions", **params}
+        return self.cascaded(name, defense, f"decisions-{attack}", parts, cascade, run, extra)
 
-        return self.cached_cell(name, f"decisions-{attack}", parts, make)
-
-    def superimposition(self, name: str, defense: Defense, members: list, k: int) -> dict[str, Any]:
+    def superimposition(self, name: str, defense: Defense, members: list, k: int) -> Attacked:
         """DeepFool on each of (at most) 5 members, the k smallest successful perturbations superimposed."""
         pool = members[:5]
         params = attack_params("deepfool", self.budget("deepfool"))
@@ -200,26 +179,21 @@ class AdaptiveCells:
             key = {"member": module_digest(m), "params": params, "idx": self.idx}
             return self.cache.tensors("member-deepfool", key, run)
 
-        def make() -> dict:
-            runs = [one(m) for m in pool]
-            fooled = fooled_mask(pool, [r["x"] for r in runs], self.ref.y)
-            x_si = superimpose(self.ref.x.numpy(), [r["x"].numpy() for r in runs], fooled, k)
-            adv = {"x": torch.from_numpy(x_si), "seconds": sum(r["seconds"] for r in runs)}
-            return self.cell(defense, f"superimpose-{k}", adv, {"members": len(pool), "k": k})
+        runs = [one(m) for m in pool]
+        fooled = fooled_mask(pool, [r["x"] for r in runs], self.ref.y)
+        x_si = superimpose(self.ref.x.numpy(), [r["x"].numpy() for r in runs], fooled, k)
+        adv = {"x": torch.from_numpy(x_si), "seconds": sum(r["seconds"] for r in runs)}
+        return self.attacked(name, defense, f"superimpose-{k}", {**base, "k": k}, adv, {"members": len(pool), "k": k})
 
-        return self.cached_cell(name, f"superimpose-{k}", {**base, "k": k}, make)
-
-    def multi_sample(self, name: str, defense: RLSEnsemble, n: int) -> dict[str, Any]:
+    def multi_sample(self, name: str, defense: RLSEnsemble, n: int) -> Attacked:
         c = self.cfg.for_defense(name)
         params = attack_params(c.graybox_attack, self.budget(c.graybox_attack))
         parts = self._key(defense=name, attack=c.graybox_attack, params=params, sampled=n)
 
-        def make() -> dict:
-            def gen() -> np.ndarray:
-                nets = defense.sampled_networks(n, make_generator(c.seed + n))
-                clf = art_classifier(MeanOfNetworks(nets), self.data.shape, self.k)
-                return run_attack(c.graybox_attack, clf, self.ref.x.numpy(), self.ref.y.numpy(), params)
+        def gen() -> np.ndarray:
+            nets = defense.sampled_networks(n, make_generator(c.seed + n))
+            clf = art_classifier(MeanOfNetworks(nets), self.data.shape, self.k)
+            return run_attack(c.graybox_attack, clf, self.ref.x.numpy(), self.ref.y.numpy(), params)
 
-            return self.cell(defense, f"rls-{n}", self.examples("multisample", parts, gen), {"sampled": n})
-
-        return self.cached_cell(name, f"rls-{n}-sampled", parts, make)
+        adv = self.examples("multisample", parts, gen)
+        return self.attacked(name, defense, f"rls-{n}-sampled", parts, adv, {"sampled": n})

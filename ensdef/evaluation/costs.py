@@ -3,7 +3,9 @@ queries its budget asks for (:func:`adaptive_work`), times passes of the defense
 (:func:`time_passes`). ``ensdef evaluate --estimate`` prints it per defense, to choose
 ``evaluation.per_defense`` cuts without running the attacks.
 
-An upper-bound estimate: ART's APGD stops attacking an image once it is fooled, HopSkipJump's binary
+An upper-bound estimate: every adaptive attack is counted on every image, while the cascade
+(:mod:`ensdef.evaluation.cascade`) gives APGD and the query-only attackers only the images still standing
+and ART's APGD stops attacking an image once it is fooled; HopSkipJump's binary
 searches take as many single queries as its images need (about :data:`HSJ_SINGLE_QUERIES` per iteration
 here), and the static, gray-box and member-level cells (DeepFool on members, PGD on sampled RLS networks) are
 left out: they cost seconds beside the adaptive ones. The report records every cell's real seconds.

@@ -36,6 +36,7 @@ from ensdef.defenses.base import Defense
 from ensdef.defenses.registry import DEFENSES, build_defense, load_target
 from ensdef.errors import ConfigError
 from ensdef.evaluation.adaptive_cells import AdaptiveCells
+from ensdef.evaluation.cascade import Attacked, Cascade
 from ensdef.evaluation.sanity import indicator_checks, run_checks
 from ensdef.evaluation.scoring import attack_set_indices, score, scored_cell
 from ensdef.evaluation.tables import kappa_table, transfer_table
@@ -218,6 +219,42 @@ class Harness(AdaptiveCells):
     def cached_cell(self, defense_name: str, cell: str, parts: dict[str, Any], make: Callable[[], dict]) -> dict:
         return self.cache.result("cell", {**self._key(defense=defense_name), **parts, "cell": cell}, make)
 
+    def attacked(
+        self,
+        name: str,
+        defense: Defense,
+        cell: str,
+        parts: dict[str, Any],
+        adv: dict[str, torch.Tensor],
+        extra: dict[str, Any],
+    ) -> Attacked:
+        """Cell ``cell`` of defense ``name``: the examples ``adv`` (``{"x", "seconds"}``) scored (cached)."""
+        return Attacked(self.cached_cell(name, cell, parts, lambda: self.cell(defense, cell, adv, extra)), adv["x"])
+
+    def cascaded(
+        self,
+        name: str,
+        defense: Defense,
+        cell: str,
+        parts: dict[str, Any],
+        cascade: Cascade,
+        attack: Callable[[torch.Tensor, torch.Tensor], np.ndarray],
+        extra: dict[str, Any],
+    ) -> Attacked:
+        """Cell ``cell`` of the cascade (:mod:`ensdef.evaluation.cascade`): ``attack(x, y)`` ``[M, C, H, W]`` on
+        the images still standing only, the carried examples elsewhere; cached under the standing set."""
+        idx = cascade.standing()
+        parts = {**parts, "standing": idx}
+
+        def gen() -> np.ndarray:
+            if not idx:
+                return np.empty((0, *self.ref.x.shape[1:]), dtype=np.float32)
+            return attack(self.ref.x[idx], self.ref.y[idx])
+
+        sub = self.examples(cell, parts, gen)
+        adv = {"x": cascade.complete(idx, sub["x"]), "seconds": sub["seconds"]}
+        return self.attacked(name, defense, cell, parts, adv, {**extra, "attacked": len(idx)})
+
     # --- static ----------------------------------------------------------------------------------------
     def static_set(self) -> dict[str, dict[str, torch.Tensor]]:
         out = {}
@@ -242,31 +279,31 @@ class Harness(AdaptiveCells):
         n = min(c.benign_n, len(self.data.test))
         bx, by = self.data.test.x[:n], self.data.test.y[:n]
         row["benign"] = self.cached_cell(name, "benign", {"n": n}, lambda: score(defense, bx, by, c.seed).as_dict())
+        cascade = Cascade(self.ref.x, c.eps_curve[-1], c.cascade)
+
+        def put(key: str, done: Attacked) -> None:
+            row[key] = done.cell
+            cascade.add(done)
+
         if Threat.STATIC in self.threats:
             for a, adv in static.items():
-                row[f"static/{a}"] = self.cached_cell(
-                    name, f"static/{a}", {}, lambda a=a, adv=adv: self.cell(defense, a, adv, {})
-                )
+                put(f"static/{a}", self.attacked(name, defense, f"static/{a}", {}, adv, {}))
         if Threat.GRAYBOX in self.threats:
-            row.update(self.graybox(name, defense))
+            put(f"graybox/{c.graybox_attack}", self.graybox(name, defense))
         if Threat.ADAPTIVE in self.threats:
-            row.update(self.adaptive(name, defense))
+            self.adaptive(name, defense, put, cascade)
         return row
 
-    def graybox(self, name: str, defense: Defense) -> dict[str, dict[str, Any]]:
+    def graybox(self, name: str, defense: Defense) -> Attacked:
         c = self.cfg
         params = attack_params(c.graybox_attack, self.budget(c.graybox_attack))
         parts = self._key(defense=name, attack=c.graybox_attack, params=params)
-
-        def make() -> dict:
-            adv = self.examples(
-                "graybox",
-                parts,
-                lambda: graybox_examples(defense, self.ref.x, self.ref.y, c.graybox_attack, params, c.seed, self.k)[0],
-            )
-            return self.cell(defense, "graybox", adv, {"attack": c.graybox_attack})
-
-        return {f"graybox/{c.graybox_attack}": self.cached_cell(name, "graybox", parts, make)}
+        adv = self.examples(
+            "graybox",
+            parts,
+            lambda: graybox_examples(defense, self.ref.x, self.ref.y, c.graybox_attack, params, c.seed, self.k)[0],
+        )
+        return self.attacked(name, defense, "graybox", parts, adv, {"attack": c.graybox_attack})
 
     def evaluate_defense(self, name: str, static: dict[str, dict[str, torch.Tensor]]) -> DefenseResult:
         row = self.defense_row(name, static)

@@ -25,6 +25,7 @@ COLUMNS = (
     "l2",
     "linf",
     "attack_seconds",
+    "attacked",
 )
 
 
@@ -50,6 +51,18 @@ def _cuts(ev: dict[str, Any]) -> list[str]:
         return []
     said = "; ".join(f"{d}: " + ", ".join(f"{k} {v}" for k, v in more.items()) for d, more in sorted(cuts.items()))
     return ["", f"**Budgets cut to fit the machine** (the rest of the suite as above): {said}."]
+
+
+def _cascade(ev: dict[str, Any]) -> list[str]:
+    """The report's line on the attack cascade (:mod:`ensdef.evaluation.cascade`)."""
+    if not ev.get("cascade", False):
+        return ["", "Every attack ran on every image (no cascade): each cell is its own attack's figure."]
+    return [
+        "",
+        "**Cascade** (Croce and Hein 2020): APGD-CE, targeted APGD-DLR, then Square and HopSkipJump on decisions "
+        "attack only the images no earlier cell broke within the budget (column `attacked`) and carry the breaking "
+        "example for the rest, so their figures are cumulative; the worst case per image is the whole suite's.",
+    ]
 
 
 def summary(report: Report) -> list[dict[str, Any]]:
@@ -109,6 +122,7 @@ def markdown(report: Report) -> str:
         f"Attack set: {cfg['n_attack_set']} correctly classified test images, balanced per class; "
         f"threats {', '.join(cfg['threats'])}; seed {cfg['evaluation']['seed']}; EOT "
         f"{cfg['evaluation']['eot']}; target sha256 `{cfg['target_sha256'][:12]}`.",
+        *_cascade(cfg["evaluation"]),
         *_cuts(cfg["evaluation"]),
         "",
         "## Summary",

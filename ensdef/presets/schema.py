@@ -224,6 +224,10 @@ class EvalConfig:
     # a query-only attacker on the served decisions (HopSkipJump; 0 iterations: no such cell)
     decision_iter: int = 10
     decision_evals: int = 200  # gradient-estimation queries per iteration
+    # the attack cascade (Croce and Hein 2020): APGD and the query-only attackers run only on the images no
+    # earlier cell broke within the budget (the worst case per image is unchanged; ensdef.evaluation.cascade);
+    # false: every attack on every image, each cell its own attack's figure
+    cascade: bool = True
     # per defense, smaller adaptive budgets where the full ones do not fit the machine (keys: PER_DEFENSE);
     # every cell reports the budget it ran with, and the report lists the defenses whose budgets were cut
     per_defense: dict[str, dict[str, Any]] = field(default_factory=dict)

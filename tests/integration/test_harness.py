@@ -113,6 +113,42 @@ def test_the_worst_case_leads_and_is_no_better_than_any_attack_in_the_budget(eva
     assert len(pairs) == len(DEFENSES) * (len(DEFENSES) - 1) // 2
 
 
+CASCADED = (
+    "adaptive/apgd-ce",
+    "adaptive/apgd-dlr-targeted",
+    "adaptive/square-decisions",
+    "adaptive/hopskipjump-decisions",
+)
+
+
+def test_the_cascade_attacks_exactly_the_images_no_earlier_cell_broke(evaluated) -> None:
+    """Recomputed from the cells (report.json sorts them by name): APGD-CE attacks the images that no
+    uncascaded cell made wrong and unflagged within the budget, and each later cascaded cell the images that
+    none before it (in the harness's order) did."""
+    import numpy as np
+
+    _, _, _, rep = evaluated
+    assert rep["config"]["evaluation"]["cascade"] is True
+    n = rep["config"]["n_attack_set"]
+
+    def broke(cell: dict) -> np.ndarray:
+        p = cell["per_image"]
+        return ~np.array(p["correct"]) & ~np.array(p["flagged"]) & (np.array(p["linf"]) <= 0.3 + 1e-4)
+
+    attacked = []
+    for d, row in rep["rows"].items():
+        broken = np.zeros(n, dtype=bool)
+        for k, cell in row.items():
+            if "per_image" in cell and k not in CASCADED:
+                broken |= broke(cell)
+        assert {"adaptive/apgd-ce", "adaptive/apgd-dlr-targeted"} <= set(row), d
+        for k in (k for k in CASCADED if k in row):
+            assert row[k]["attacked"] == int((~broken).sum()), (d, k)
+            attacked.append(row[k]["attacked"])
+            broken |= broke(row[k])
+    assert 0 < sum(attacked) < n * len(attacked)  # some images attacked, some carried
+
+
 def test_a_store_with_only_the_target_and_baselines_evaluates(tiny_store, tmp_path: Path) -> None:
     """A subset of defenses and threats needs only their pools (no verifier tables without verifiers)."""
     import shutil
