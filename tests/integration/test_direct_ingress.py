@@ -22,25 +22,17 @@ import requests
 
 from cluster.local import LOCAL_ENV
 from ensdef.io.client import EnsdefClient, npy_body
-from tests.conftest import FIXTURES, free_port
+from tests.conftest import FIXTURES, free_port, free_ports
 from tests.integration.test_serve import assert_served_as_in_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TOKEN = "direct-token"
 
 
-def two_ranges() -> tuple[int, int]:
-    """Free HTTP and gRPC base ports at least 200 apart (each protocol's replica port range is 100 wide, and
-    Serve's fallback proxy sits above it)."""
-    while abs((http := free_port()) - (grpc_port := free_port())) < 200:
-        pass
-    return http, grpc_port
-
-
 @pytest.fixture(scope="module")
 def direct(tiny_store):
     store, preset = tiny_store
-    http, grpc_port = two_ranges()
+    http, grpc_port = free_ports()
     cmd = [sys.executable, "-m", "ensdef", "serve", "--preset", str(FIXTURES / "tiny.yaml"), "--store", store.root]
     cmd += ["--defenses", "target,noisy-vote", "--ingress", "direct", "--address", "local", "--num-cpus", "2"]
     cmd += ["--http-port", str(http), "--grpc-port", str(grpc_port), "--admin-token", TOKEN, "--json"]

@@ -17,7 +17,7 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import FIXTURES, free_port
+from tests.conftest import FIXTURES, free_ports
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 IMAGE = {"images": [[[0.0] * 28] * 28]}
@@ -58,7 +58,7 @@ def test_main_job_serves_progressively_stops_on_sigint_and_resumes(tmp_path: Pat
     cfg = yaml.safe_load((FIXTURES / "tiny.yaml").read_text())
     cfg["rls"]["train"]["epochs"] = 6
     (preset := tmp_path / "tiny-slow-rls.yaml").write_text(yaml.safe_dump(cfg))
-    store, http, grpc = tmp_path / "store", free_port(), free_port()
+    store, (http, grpc) = tmp_path / "store", free_ports()
     cmd = [sys.executable, "-m", "ensdef", "serve", "--preset", str(preset), "--store", str(store), "--train-missing"]
     cmd += ["--defenses", "target,rls", "--address", "local", "--num-cpus", "2"]
     cmd += ["--http-port", str(http), "--grpc-port", str(grpc)]

@@ -111,6 +111,37 @@ def test_direct_ingress_env_gives_each_protocol_its_own_port_range() -> None:
         direct_ingress_env(8000, 8150)  # the HTTP range and its fallback proxy would reach the gRPC range
 
 
+def test_haproxy_env_keeps_every_port_and_file_of_a_service_to_its_own() -> None:
+    """Two services on one machine (8000/9000 and 8300/9300) share no port and no HAProxy file; every port
+    of a service lies in the span above its own HTTP or gRPC port, and HAProxy's own are not the clients'."""
+    from deployments.launch import PORT_SPAN, IngressMode, haproxy_env
+
+    def ports(env: dict[str, str]) -> set[int]:
+        single = [k for k in env if k.endswith("_PORT") and "DIRECT_INGRESS" not in k]
+        ranges = [("HTTP", "HTTP"), ("GRPC", "GRPC")]
+        out = {int(env[k]) for k in single}
+        for lo, hi in ranges:
+            a, b = (
+                int(env[f"RAY_SERVE_DIRECT_INGRESS_MIN_{lo}_PORT"]),
+                int(env[f"RAY_SERVE_DIRECT_INGRESS_MAX_{hi}_PORT"]),
+            )
+            assert a <= b
+            assert not out & set(range(a, b + 1))
+            out |= set(range(a, b + 1))
+        return out
+
+    one, two = haproxy_env(8000, 9000), haproxy_env(8300, 9300)
+    assert one["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and IngressMode.HAPROXY.env(8000, 9000) == one
+    p1, p2 = ports(one), ports(two)
+    assert not p1 & p2 and not {8000, 9000} & p1
+    assert p1 <= set(range(8001, 8000 + PORT_SPAN)) | set(range(9001, 9000 + PORT_SPAN))
+    files = [k for k in one if k.endswith(("_LOC", "_PATH", "_BASE", "_FILE"))]
+    assert len(files) == 5 and not {one[k] for k in files} & {two[k] for k in files}
+    assert int(one["RAY_SERVE_HAPROXY_NBTHREAD"]) >= 1 and IngressMode.PROXY.env(8000, 9000) is None
+    with pytest.raises(ValueError, match="apart"):
+        haproxy_env(8000, 8150)
+
+
 def test_an_ingress_that_packs_members_asks_for_their_gpu_share(tiny_store) -> None:
     from deployments.app import application, ingress_options, served_defenses
 

@@ -176,7 +176,7 @@ def test_serve_draws_teams_from_the_tuned_list(ray_serve, tuned_store, mnist5k) 
             "application": "ensdef-tuned",
         }
     )
-    ep = deploy(s, "127.0.0.1", ray_serve["http"], ray_serve["grpc"])
+    ep = deploy(s, "127.0.0.1", ray_serve["http"], ray_serve["grpc"], ingress=ray_serve["ingress"])
     try:
         saved = store.load_json(TEAMS_ARTIFACT)
         allowed = {tuple(saved["members"][i] for i in t) for t in saved["ranked"]}
