@@ -179,11 +179,15 @@ class AdaptiveCells:
             key = {"member": module_digest(m), "params": params, "idx": self.idx}
             return self.cache.tensors("member-deepfool", key, run)
 
-        runs = [one(m) for m in pool]
-        fooled = fooled_mask(pool, [r["x"] for r in runs], self.ref.y)
-        x_si = superimpose(self.ref.x.numpy(), [r["x"].numpy() for r in runs], fooled, k)
-        adv = {"x": torch.from_numpy(x_si), "seconds": sum(r["seconds"] for r in runs)}
-        return self.attacked(name, defense, f"superimpose-{k}", {**base, "k": k}, adv, {"members": len(pool), "k": k})
+        def combined() -> dict[str, torch.Tensor]:  # cached: a rerun reads it instead of re-running the members
+            runs = [one(m) for m in pool]
+            fooled = fooled_mask(pool, [r["x"] for r in runs], self.ref.y)
+            x_si = superimpose(self.ref.x.numpy(), [r["x"].numpy() for r in runs], fooled, k)
+            return {"x": torch.from_numpy(x_si), "seconds": sum(r["seconds"] for r in runs)}
+
+        parts = {**base, "k": k}
+        adv = self.cache.tensors("superimposed", parts, combined)
+        return self.attacked(name, defense, f"superimpose-{k}", parts, adv, {"members": len(pool), "k": k})
 
     def multi_sample(self, name: str, defense: RLSEnsemble, n: int) -> Attacked:
         c = self.cfg.for_defense(name)

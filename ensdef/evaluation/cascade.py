@@ -16,6 +16,7 @@ real decision on a real example.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -55,6 +56,12 @@ class Cascade:
     def standing(self) -> list[int]:
         """Indices of the images the next cascaded attack gets (every image when disabled)."""
         return list(range(len(self.ref))) if not self.enabled else np.flatnonzero(~self.broken).tolist()
+
+    def digest(self) -> str:
+        """A digest of the carried examples of the broken images (what a cascaded cell scores besides its own)."""
+        h = hashlib.sha256(self.broken.tobytes())
+        h.update(self.carried[torch.from_numpy(self.broken)].contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
 
     def complete(self, standing: list[int], adv: torch.Tensor) -> torch.Tensor:
         """``[N, C, H, W]``: ``adv`` ``[len(standing), C, H, W]`` at the standing images, the carried

@@ -207,7 +207,7 @@ class Harness(AdaptiveCells):
 
         return self.cache.tensors(kind, parts, run)
 
-    def cell(self, defense: Defense, name: str, adv: dict[str, torch.Tensor], extra: dict[str, Any]) -> dict:
+    def cell(self, defense: Defense, adv: dict[str, torch.Tensor], extra: dict[str, Any]) -> dict:
         x_adv = adv["x"]
         return {
             **scored_cell(defense, x_adv, self.ref.y, self.ref.x, self.cfg.seed + 1),
@@ -229,7 +229,7 @@ class Harness(AdaptiveCells):
         extra: dict[str, Any],
     ) -> Attacked:
         """Cell ``cell`` of defense ``name``: the examples ``adv`` (``{"x", "seconds"}``) scored (cached)."""
-        return Attacked(self.cached_cell(name, cell, parts, lambda: self.cell(defense, cell, adv, extra)), adv["x"])
+        return Attacked(self.cached_cell(name, cell, parts, lambda: self.cell(defense, adv, extra)), adv["x"])
 
     def cascaded(
         self,
@@ -242,7 +242,9 @@ class Harness(AdaptiveCells):
         extra: dict[str, Any],
     ) -> Attacked:
         """Cell ``cell`` of the cascade (:mod:`ensdef.evaluation.cascade`): ``attack(x, y)`` ``[M, C, H, W]`` on
-        the images still standing only, the carried examples elsewhere; cached under the standing set."""
+        the images still standing only, the carried examples elsewhere. The examples are cached under the
+        standing set, the scored cell also under the carried examples' digest (another earlier cell can break
+        the same images with other examples)."""
         idx = cascade.standing()
         parts = {**parts, "standing": idx}
 
@@ -253,7 +255,8 @@ class Harness(AdaptiveCells):
 
         sub = self.examples(cell, parts, gen)
         adv = {"x": cascade.complete(idx, sub["x"]), "seconds": sub["seconds"]}
-        return self.attacked(name, defense, cell, parts, adv, {**extra, "attacked": len(idx)})
+        scored = {**parts, "carried": cascade.digest()}
+        return self.attacked(name, defense, cell, scored, adv, {**extra, "attacked": len(idx)})
 
     # --- static ----------------------------------------------------------------------------------------
     def static_set(self) -> dict[str, dict[str, torch.Tensor]]:

@@ -31,6 +31,7 @@ TOKEN = "cluster-token"
 @pytest.fixture(scope="module")
 def cluster():
     from cluster.local import LocalCluster, worker_specs
+
     c = LocalCluster(worker_specs(2, 1, gpu_as="gpu_slot"), head_cpus=1)
     c.serve_ports = free_ports()
     c.start()

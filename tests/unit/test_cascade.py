@@ -34,3 +34,13 @@ def test_cells_without_per_image_results_and_a_disabled_cascade_change_nothing()
     c.add(Attacked({"accuracy": 0.0}, torch.ones(3, 1, 2, 2)))
     c.add(_done([False] * 3, [False] * 3, [0.1] * 3, 1.0))
     assert c.standing() == [0, 1, 2]  # disabled: every attack on every image
+
+
+def test_the_digest_follows_the_carried_examples_not_the_standing_images_alone() -> None:
+    """Two runs that break the same images with other examples must not share a cached cascaded cell."""
+    a, b = Cascade(torch.zeros(3, 1, 2, 2), eps=0.3), Cascade(torch.zeros(3, 1, 2, 2), eps=0.3)
+    untouched = a.digest()
+    a.add(_done([False, True, True], [False] * 3, [0.3] * 3, 1.0))
+    b.add(_done([False, True, True], [False] * 3, [0.3] * 3, 0.5))
+    assert a.standing() == b.standing() == [1, 2]
+    assert len({untouched, a.digest(), b.digest()}) == 3
