@@ -15,7 +15,6 @@ from ensdef.data import Dataset, load_mnist5k
 torch.set_num_threads(2)
 logging.getLogger("ensdef").setLevel(logging.WARNING)
 FIXTURES = Path(__file__).parent / "fixtures"
-TINY_TRAIN_IMAGES = 1_500  # of the 3,500: the tiny store trains on these
 
 
 @pytest.fixture(scope="session")
@@ -64,19 +63,15 @@ def random_store(tmp_path_factory: pytest.TempPathFactory, mnist5k: Dataset):
 
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory: pytest.TempPathFactory, mnist5k: Dataset):
-    """A store with every pool of ``fixtures/tiny.yaml`` trained for one epoch on the first
-    ``TINY_TRAIN_IMAGES`` training images, with the verifiers' team selection and DeT's reformer list (the
-    pools' post steps). The tests use it for wiring and equality, not accuracy; fewer images save a minute."""
-    from dataclasses import replace
-
+    """A store with every pool of ``fixtures/tiny.yaml`` trained for one epoch, with the verifiers' team
+    selection and DeT's reformer list (the pools' post steps)."""
     from ensdef.presets import load_preset
     from ensdef.store import ArtifactStore
     from ensdef.training.pools import Pool, train_pools
 
     preset = load_preset(FIXTURES / "tiny.yaml")
     store = ArtifactStore(tmp_path_factory.mktemp("tiny-store"))
-    data = replace(mnist5k, train=mnist5k.train.subset(list(range(TINY_TRAIN_IMAGES))))
-    train_pools(preset, data, store, list(Pool))
+    train_pools(preset, mnist5k, store, list(Pool))
     return store, preset
 
 

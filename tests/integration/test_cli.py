@@ -71,7 +71,7 @@ def test_tiny_store_has_every_pool(tiny_store) -> None:
     assert len(store.load_json("det-reformer-list")["list"]) == 2
     temps = [store.manifest(n) for n in by_role[Role.TEMPNET]]
     assert [t.extra["temperature"] for t in temps] == [10.0, 20.0, 30.0]
-    assert [t.metrics["train_size"] for t in temps] == [500, 500, 500]  # disjoint partitions of 1,500
+    assert [t.metrics["train_size"] for t in temps] == [1167, 1167, 1166]  # disjoint partitions
     assert all(t.train_config["temperature"] == t.extra["temperature"] for t in temps)
     assert all(store.manifest(n).metrics["test_mse_clean"] < 0.2 for n in by_role[Role.DENOISER])
 
