@@ -24,6 +24,7 @@ class Role(str, Enum):
     TEMPNET = "tempnet"
     RLS = "rls"
     BASELINE = "baseline"  # MODEF Table V: adversarial training, defensive distillation
+    INIT = "init"  # a shared starting point a pool's members train from (a warm start); serves in no defense
 
     @property
     def is_classifier(self) -> bool:

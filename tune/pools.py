@@ -22,7 +22,7 @@ from ensdef.errors import ConfigError, EnsdefError
 from ensdef.presets import Preset
 from ensdef.store import ArtifactStore
 from ensdef.training.cost import longest_first
-from ensdef.training.pools import POST_STEPS, MemberPlan, Pool, plan_pool
+from ensdef.training.pools import POST_STEPS, MemberPlan, Pool, plan_pool, stages
 from tune.resources import trial_resources
 from tune.trainables import train_member_trial
 
@@ -80,26 +80,30 @@ def tune_pools(preset: Preset, store: ArtifactStore, pools: list[Pool], run: Tun
     # trained with an unchanged plan), an unchanged one restores
     digest = cache_key(to_plain(sorted(plans.values(), key=lambda p: p.name)))[:8]
     name = run.name or f"{preset.name}-pools-{'-'.join(p.value for p in pools)}-{digest}"
-    t = tuner(
-        trainable,
-        # longest first (measured cost): a long member started last would run alone while the other slots idle
-        {"member": tune.grid_search([p.name for p in longest_first(list(plans.values()), data)])},
-        storage_path(store, run),
-        name,
-        run.resume,
-        max_concurrent_trials=preset.tune.max_concurrent or None,
-        reuse_actors=True,  # a finished trial's worker (torch imported) takes the next trial
-    )
-    grid = t.fit()
-    out, errors = [], []
-    for r in grid:
-        if r.error is not None:
-            errors.append(f"{r.config.get('member')}: {r.error}")
-            continue
-        m = r.metrics
-        out.append({"name": m["member"], "pool": pool_of[m["member"]].value, "skipped": m["skipped"], "path": r.path})
-    if errors:
-        raise EnsdefError(f"{len(errors)} Tune trials failed: " + "; ".join(errors))
+    out: list[dict[str, Any]] = []
+    parts = stages(list(plans.values()))  # a warm start's shared member trains before the members it starts
+    for i, stage in enumerate(parts):
+        t = tuner(
+            trainable,
+            # longest first (measured cost): a long member started last would run alone while the other slots idle
+            {"member": tune.grid_search([p.name for p in longest_first(stage, data)])},
+            storage_path(store, run),
+            name if len(parts) == 1 else f"{name}-stage{i + 1}",
+            run.resume,
+            max_concurrent_trials=preset.tune.max_concurrent or None,
+            reuse_actors=True,  # a finished trial's worker (torch imported) takes the next trial
+        )
+        errors = []
+        for r in t.fit():
+            if r.error is not None:
+                errors.append(f"{r.config.get('member')}: {r.error}")
+                continue
+            m = r.metrics
+            out.append(
+                {"name": m["member"], "pool": pool_of[m["member"]].value, "skipped": m["skipped"], "path": r.path}
+            )
+        if errors:
+            raise EnsdefError(f"{len(errors)} Tune trials failed: " + "; ".join(errors))
     post = {}
     for pool in pools:
         if pool in POST_STEPS:

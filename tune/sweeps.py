@@ -23,7 +23,7 @@ from ensdef.data import Dataset, load_dataset
 from ensdef.errors import ConfigError, EnsdefError
 from ensdef.presets import Preset, SweepConfig, TrainConfig
 from ensdef.store import ArtifactStore
-from ensdef.training.pools import MemberPlan, Pool, plan_pool, train_member
+from ensdef.training.pools import MemberPlan, Pool, plan_pool, starts_from, train_member
 from tune.pools import TuneRun, storage_path, tuner
 from tune.resources import trial_resources, use_trial_cpus
 
@@ -90,6 +90,8 @@ def sweep_pool(preset: Preset, store: ArtifactStore, pool: Pool, run: TuneRun | 
         raise ConfigError(f"preset {preset.name} has no tune.sweeps.{pool.value}; sweeps: {sorted(preset.tune.sweeps)}")
     sweep = preset.tune.sweeps[pool.value]
     plans = {p.name: p for p in plan_pool(preset, pool)}
+    if any(starts_from(p) for p in plans.values()):
+        raise ConfigError(f"preset {preset.name}: {pool.value} has a warm start; sweep it without one")
     base = run.name or f"{preset.name}-sweep-{pool.value}-{cache_key(to_plain([plans, sweep]))[:8]}"
     data = load_dataset(preset.dataset, preset.data_root)  # once, into the object store for every trial
     trainable = tune.with_resources(

@@ -92,6 +92,10 @@ class TempnetPool:
     data: DataShare = DataShare.ALL
     architecture: str = "tempnet"
     train: TrainConfig = field(default_factory=TrainConfig)
+    # a warm start: one network (``tempnet-init``) trained first with this config on the whole training split,
+    # every member then trains ``train`` at its own temperature from its weights (None: each from scratch, as
+    # in the paper)
+    warm_start: TrainConfig | None = None
 
 
 @dataclass(frozen=True)

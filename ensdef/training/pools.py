@@ -19,7 +19,7 @@ from torch import nn
 
 from ensdef.config import from_mapping, to_plain
 from ensdef.data import Dataset, Split
-from ensdef.errors import ConfigError
+from ensdef.errors import ConfigError, NotTrained
 from ensdef.models import Kind, build, get_spec
 from ensdef.models.inference import accuracy, reconstruction_mse
 from ensdef.noise import NoiseKind, NoiseSpec
@@ -109,9 +109,17 @@ def _reformers(p: Preset) -> list[MemberPlan]:
     ]
 
 
+TEMPNET_INIT = "tempnet-init"
+
+
 def _tempnets(p: Preset) -> list[MemberPlan]:
+    """The m temperature networks; with a warm start, :data:`TEMPNET_INIT` first, which each member starts from
+    (its plan names the init and the init's training config, so a changed warm start retrains the members)."""
     t = p.tempnets
-    out = []
+    out, start = [], {}
+    if t.warm_start is not None:
+        out.append(MemberPlan(TEMPNET_INIT, Role.INIT, t.architecture, t.warm_start))
+        start = {"init": {"name": TEMPNET_INIT, "train": to_plain(t.warm_start)}}
     for l in range(1, t.count + 1):
         temp = t.base_temperature * l
         cfg = dataclasses.replace(t.train, temperature=temp, seed=t.train.seed + l)
@@ -122,7 +130,7 @@ def _tempnets(p: Preset) -> list[MemberPlan]:
                 t.architecture,
                 cfg,
                 data=None if t.data is DataShare.ALL else DataSlice(l - 1, t.count, t.data),
-                extra={"temperature": temp, "index": l},
+                extra={"temperature": temp, "index": l, **start},
             )
         )
     return out
@@ -277,11 +285,40 @@ def _fitter(plan: MemberPlan) -> Fitter:
     return _fit_autoencoder if get_spec(plan.architecture).kind is Kind.AUTOENCODER else _fit_classifier
 
 
+def starts_from(plan: MemberPlan) -> str | None:
+    """The stored member ``plan`` is trained from (a warm start), or None when it starts from scratch."""
+    init = plan.extra.get("init")
+    return init["name"] if init else None
+
+
+def stages(plans: list[MemberPlan]) -> list[list[MemberPlan]]:
+    """``plans`` in the order parallel trainers must respect: the members others start from, then the rest
+    (one stage when none starts from another)."""
+    first = {starts_from(p) for p in plans} - {None}
+    out = [[p for p in plans if p.name in first], [p for p in plans if p.name not in first]]
+    return [s for s in out if s]
+
+
+def _warm_start(model: nn.Module, plan: MemberPlan, store: ArtifactStore) -> None:
+    """Load the weights of the stored member ``plan`` starts from into ``model``, after checking that it was
+    trained with the config the plan names; raises :class:`NotTrained` when it is missing or was not."""
+    init = plan.extra["init"]
+    name = init["name"]
+    if not store.exists(name):
+        raise NotTrained(f"{plan.name} starts from {name}, which is not in store {store.root}: train it first")
+    if _stored_train(store.manifest(name)) != from_mapping(TrainConfig, init["train"], f"{plan.name}.init"):
+        raise NotTrained(f"{plan.name} starts from {name}, but the stored {name} was trained with another config")
+    model.load_state_dict(store.load_model(name)[0].state_dict())
+
+
 def train_member(plan: MemberPlan, data: Dataset, store: ArtifactStore, on_epoch: EpochHook | None = None) -> Manifest:
     """Train one planned member on ``data`` and save it; returns the stored manifest with test metrics.
-    ``on_epoch(epoch, validation score)`` follows training (Tune reports and early-stops through it)."""
+    ``on_epoch(epoch, validation score)`` follows training (Tune reports and early-stops through it). A plan
+    that starts from another member (a warm start) loads that one from ``store`` first."""
     with seeded(plan.train.seed):
         model = build(plan.architecture, data.shape, data.num_classes, **plan.extra.get("build_kwargs", {}))
+    if starts_from(plan):
+        _warm_start(model, plan, store)
     train = plan.data.apply(data.train) if plan.data else data.train
     model, metrics, res = _fitter(plan)(plan, model, train, data, on_epoch)
     metrics.update(epochs=res.epochs_run, seconds=round(res.seconds, 2), train_size=len(train))

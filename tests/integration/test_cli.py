@@ -66,6 +66,7 @@ def test_tiny_store_has_every_pool(tiny_store) -> None:
         "tempnet": 3,
         "rls": 1,
         "baseline": 2,
+        "init": 1,  # the warm start the three temperature networks train from
     }
     assert sum("~" in n for n in by_role[Role.REFORMER]) == 6  # every pair cross-trained both ways
     assert len(store.load_json("det-reformer-list")["list"]) == 2

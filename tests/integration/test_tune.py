@@ -21,7 +21,7 @@ from ensdef.defenses.registry import build_defense, load_teams
 from ensdef.presets import load_preset
 from ensdef.rng import make_generator
 from ensdef.store import TEAMS_ARTIFACT, ArtifactStore
-from ensdef.training.pools import Pool, plan_pool, train_pools
+from ensdef.training.pools import TEMPNET_INIT, Pool, plan_pool, train_pools
 from tests.conftest import FIXTURES
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -103,10 +103,10 @@ def test_tune_artifacts_are_the_in_process_trainers(ray_serve, tmp_path: Path, m
         assert (a.role, a.architecture, a.train_config, a.extra) == (b.role, b.architecture, b.train_config, b.extra)
         assert set(a.metrics) == set(b.metrics) and tuned.verify(name).ok
     # the in-process trainer keeps what Tune trained (same plan), and the defense loader takes either store
+    before = {n: tuned.manifest(n).created for n in tuned.names()}  # the warm start's init among them
     kept = train_pools(preset, mnist5k, tuned, [Pool.TEMPNETS], skip_existing=True)
-    assert [tuned.manifest(a["name"]).created for a in kept["artifacts"]] == [
-        tuned.manifest(n).created for n in tuned.names()
-    ]
+    assert TEMPNET_INIT in before and {a["name"] for a in kept["artifacts"]} == set(before)
+    assert {n: tuned.manifest(n).created for n in tuned.names()} == before
     x = mnist5k.test.x[:4]
     for s in (tuned, local):
         assert len(build_defense("noisy-vote", s, preset).decide(x, make_generator(0))) == 4

@@ -69,6 +69,10 @@ def test_a_preset_lays_its_keys_over_its_base() -> None:
     assert quick.verifiers.train.epochs < full.verifiers.train.epochs
     assert quick.verifiers.train.lr == full.verifiers.train.lr  # merged key by key, not replaced
     assert set(quick.verifiers.architectures) < set(full.verifiers.architectures)
+    # the quick warm start is the long recipe's member training, shortened; the long members start from scratch
+    start, long = quick.tempnets.warm_start, full.tempnets.train
+    assert start is not None and full.tempnets.warm_start is None and start.epochs < long.epochs
+    assert replace(start, epochs=long.epochs, patience=long.patience) == long
 
 
 def test_base_presets_may_not_form_a_cycle(tmp_path) -> None:

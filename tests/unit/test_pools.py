@@ -1,18 +1,23 @@
-"""Training data of the temperature networks: every member's share of the training split under each
-``DataShare`` (the paper's disjoint partitions, all of it, or all but the member's own slice)."""
+"""Training of the temperature networks: every member's share of the training split under each ``DataShare``
+(the paper's disjoint partitions, all of it, or all but the member's own slice), and the warm start."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from pathlib import Path
 
 import pytest
+import torch
 
 from ensdef.data import Dataset
-from ensdef.presets import load_preset
+from ensdef.errors import NotTrained
+from ensdef.presets import Preset, load_preset
+from ensdef.store import ArtifactStore
 from ensdef.training.cost import planned_steps
-from ensdef.training.pools import Pool, manifest_extra, plan_pool
-from ensdef.types import DataShare
+from ensdef.training.pools import TEMPNET_INIT, Pool, manifest_extra, plan_pool, stages, starts_from, train_member
+from ensdef.types import DataShare, Role
+from tests.conftest import FIXTURES
 
 
 def _shares(share: DataShare, n: int) -> list[set[int]]:
@@ -59,3 +64,57 @@ def test_manifest_records_the_data_slice_a_member_was_trained_on() -> None:
             assert "data" not in extra
         else:
             assert extra["data"] == {"index": 2, "count": 10, "share": share.value}
+
+
+def _warm(preset_name: str = "mnist5k") -> Preset:
+    p = load_preset(preset_name)
+    init = dataclasses.replace(p.tempnets.train, epochs=1, seed=7)
+    return dataclasses.replace(p, tempnets=dataclasses.replace(p.tempnets, warm_start=init))
+
+
+def test_a_warm_start_plans_the_shared_network_first_and_every_member_names_it() -> None:
+    cold = plan_pool(load_preset("mnist5k"), Pool.TEMPNETS)
+    assert [s == cold for s in stages(cold)] == [True] and all(starts_from(p) is None for p in cold)
+    p = _warm()
+    plans = plan_pool(p, Pool.TEMPNETS)
+    assert [(x.name, x.role) for x in plans[:1]] == [(TEMPNET_INIT, Role.INIT)] and len(plans) == 11
+    assert plans[0].train == p.tempnets.warm_start and plans[0].data is None
+    assert [m.name for m in plans[1:]] == [m.name for m in cold]
+    assert all(starts_from(m) == TEMPNET_INIT and m.extra["init"]["train"]["seed"] == 7 for m in plans[1:])
+    assert stages(list(reversed(plans))) == [[plans[0]], list(reversed(plans[1:]))]
+
+
+def _small(data: Dataset) -> Dataset:
+    return dataclasses.replace(
+        data, train=data.train.subset(range(256)), val=data.val.subset(range(64)), test=data.test.subset(range(64))
+    )
+
+
+def test_a_member_trains_from_the_stored_init_and_refuses_a_missing_or_other_one(
+    mnist5k: Dataset, tmp_path: Path
+) -> None:
+    p = load_preset(FIXTURES / "tiny.yaml")
+    init = dataclasses.replace(p.tempnets.train, seed=11)
+    frozen = dataclasses.replace(p.tempnets.train, lr=0.0)  # SGD at rate 0: the member keeps its start
+    p = dataclasses.replace(p, tempnets=dataclasses.replace(p.tempnets, warm_start=init, train=frozen))
+    data, store = _small(mnist5k), ArtifactStore(str(tmp_path))
+    plans = plan_pool(p, Pool.TEMPNETS)
+    with pytest.raises(NotTrained, match="starts from tempnet-init, which is not in store"):
+        train_member(plans[1], data, store)
+    train_member(plans[0], data, store)
+    train_member(plans[1], data, store)
+    start, member = store.load_model(TEMPNET_INIT)[0], store.load_model(plans[1].name)[0]
+    assert store.manifest(TEMPNET_INIT).role is Role.INIT
+    for a, b in zip(start.parameters(), member.parameters(), strict=True):
+        assert torch.equal(a, b)
+    scratch = plan_pool(
+        dataclasses.replace(p, tempnets=dataclasses.replace(p.tempnets, warm_start=None)), Pool.TEMPNETS
+    )
+    cold = ArtifactStore(str(tmp_path / "cold"))
+    alone = cold.load_model(train_member(scratch[0], data, cold).name)[0]  # the same member from scratch
+    assert any(not torch.equal(a, b) for a, b in zip(start.parameters(), alone.parameters(), strict=True))
+    changed = dataclasses.replace(
+        p, tempnets=dataclasses.replace(p.tempnets, warm_start=dataclasses.replace(init, seed=12))
+    )
+    with pytest.raises(NotTrained, match="was trained with another config"):
+        train_member(plan_pool(changed, Pool.TEMPNETS)[1], data, store)
