@@ -75,12 +75,13 @@ def test_a_manifest_from_before_a_new_training_field_takes_its_default() -> None
 def test_a_member_trained_on_other_data_is_not_the_same_plan(share: DataShare, mnist5k: Dataset) -> None:
     """Switching ``tempnets.data`` retrains: the manifest of a whole-split member does not match a sliced plan."""
     preset = load_preset(FIXTURES / "tiny.yaml")
-    plans = {
+    plans = {  # the first temperature network (the warm start's init before it trains on the whole split)
         s: plan_pool(dataclasses.replace(preset, tempnets=dataclasses.replace(preset.tempnets, data=s)), Pool.TEMPNETS)[
-            0
+            1
         ]
         for s in (DataShare.ALL, share)
     }
+    assert {p.name for p in plans.values()} == {"tempnet-01"}
     stored = {s: member_manifest(pl, mnist5k, {}) for s, pl in plans.items()}
     assert same_plan(stored[DataShare.ALL], plans[DataShare.ALL]) and same_plan(stored[share], plans[share])
     assert not same_plan(stored[DataShare.ALL], plans[share]) and not same_plan(stored[share], plans[DataShare.ALL])
