@@ -66,8 +66,8 @@ def test_manifest_records_the_data_slice_a_member_was_trained_on() -> None:
             assert extra["data"] == {"index": 2, "count": 10, "share": share.value}
 
 
-def _warm(preset_name: str = "mnist5k") -> Preset:
-    p = load_preset(preset_name)
+def _warm() -> Preset:
+    p = load_preset("mnist5k")
     init = dataclasses.replace(p.tempnets.train, epochs=1, seed=7)
     return dataclasses.replace(p, tempnets=dataclasses.replace(p.tempnets, warm_start=init))
 
