@@ -23,6 +23,7 @@ from deployments.ingress import Ingress
 from deployments.member import MemberHost
 from deployments.router import Router
 from deployments.settings import INGRESS_HOST, Action, GuardSettings, Packing, ServeSettings
+from deployments.versions import host_version
 from ensdef.data import load_dataset
 from ensdef.defenses.registry import DEFENSES, describe_defense
 from ensdef.errors import NotTrained
@@ -119,12 +120,17 @@ def application(s: ServeSettings, defenses: dict[str, list[str]]) -> Application
     hosts, local = {}, hosts_members.pop(INGRESS_HOST, None)
     for h, ms in hosts_members.items():
         opt = s.options_for(ms[0] if h.startswith("member-") else h, store.manifest(ms[0]).role.value)
-        hosts[h] = MemberHost.options(
-            name=h,
-            num_replicas=opt.num_replicas,
-            ray_actor_options=_with_env(opt.actor_options(s.gpu_as), s.env_vars),
-            max_ongoing_requests=s.max_ongoing_requests,
-        ).bind(s.store, ms, opt.max_batch_size, opt.batch_wait_timeout_s, opt.max_pass_images, opt.threads)
+        args = (s.store, ms, opt.max_batch_size, opt.batch_wait_timeout_s, opt.max_pass_images, opt.threads)
+        hosts[h] = (
+            MemberHost.options(
+                name=h,
+                num_replicas=opt.num_replicas,
+                ray_actor_options=_with_env(opt.actor_options(s.gpu_as), s.env_vars),
+                max_ongoing_requests=s.max_ongoing_requests,
+            )
+            .options(version=host_version(store, ms, args), _internal=True)  # a redeploy keeps unchanged hosts
+            .bind(*args)
+        )
 
     def routing(ds: list[str]) -> dict[str, Any]:
         ms = sorted({m for d in ds for m in defenses[d]})

@@ -95,7 +95,8 @@ class Progressive:
 
     def after_step(self, job: MissingTraining, step: Step) -> None:
         """Deploy what ``step`` made servable, unless the next step is short: then after that one (each
-        deployment restarts the replicas, which costs CPU the training needs)."""
+        deployment starts the new pools' replicas and a new ingress, which costs time the training waits for;
+        the other hosts keep running, :mod:`deployments.versions`)."""
         self.pending.update(step.unlocks)
         rest = job.steps[job.steps.index(step) + 1 :]
         soon = bool(rest) and rest[0].cost * job.progress.factor < REDEPLOY_AFTER_S
