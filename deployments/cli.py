@@ -89,7 +89,7 @@ def _serve(a: argparse.Namespace) -> Result:
         int(grpc_port),
         a.proxy_location or proxies,
         ingress,
-        {**(ingress.env(http_port, int(grpc_port)) or {}), **(launch.TRAINING_BESIDE_ENV if job else {})},
+        ingress.env(http_port, int(grpc_port)),
         a.metrics_port,
     )
     if a.detach and target.starts_ray:

@@ -27,10 +27,6 @@ SMALL_MACHINE_ENV = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60", "RAY_SERVE_P
 # Serve's gRPC proxy takes messages up to 2 GiB by default and buffers them whole before the ingress can refuse
 # them: 32 MiB covers the largest request the default limits allow (8 MB of tensor) with room to spare
 SERVICE_ENV = {"RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(32 * 2**20)}
-# A local Ray that serves while this machine trains: Serve's controller reconciles every 0.1 s and every replica
-# exports its metrics every 0.1 s by default; with ten defenses served on 2 cores that idle work took 0.36 of a
-# core (21 CPU-s a minute), with these 0.24 (14.5), for deployments about 3 s slower to settle
-TRAINING_BESIDE_ENV = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "1.0", "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000"}
 DIRECT_INGRESS_FLAG = "RAY_SERVE_ENABLE_DIRECT_INGRESS"
 HAPROXY_FLAG = "RAY_SERVE_ENABLE_HA_PROXY"
 PORT_SPAN = 100  # direct ingress and HAProxy: ports per protocol for ingress replicas on one node
