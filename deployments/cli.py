@@ -78,9 +78,6 @@ def _serve(a: argparse.Namespace) -> Result:
         args["defenses"] = list(csv(a.defenses) or ())
     ingress = launch.IngressMode(a.ingress)
     http_port = int(http["port"])
-    settings = ServeSettings.from_dict(args)
-    servable, missing = launch.survey(settings)
-    job = progressive.plan_missing(settings, missing, a.data_root) if missing and a.train_missing else None
     target = progressive.Target(
         a.address,
         a.num_cpus,
@@ -97,6 +94,9 @@ def _serve(a: argparse.Namespace) -> Result:
             "--detach needs the Ray cluster to deploy onto: --address ADDR, or --address auto for the one "
             "`ray start --head` runs here (a Ray this command started would end with it)"
         )
+    settings = ServeSettings.from_dict(args)
+    servable, missing = launch.survey(settings)
+    job = progressive.plan_missing(settings, missing, a.data_root) if missing and a.train_missing else None
     if job is None and missing and (settings.defenses or not servable):
         raise NotTrained(
             "missing artifacts (run with --train-missing, or `ensdef train`): "

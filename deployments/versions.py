@@ -5,7 +5,9 @@ with ``--train-missing`` that reloaded every trained pool each time another pool
 training needs. A member host's version here is a digest of what its replicas load and run (the source of
 ``ensdef`` and ``deployments``, each member's weight digest, the constructor arguments): equal versions keep the
 running replicas, any change starts new ones. The ingress and the routers keep Serve's random versions (their
-arguments name the served defenses, which change with every redeploy anyway).
+arguments name the served defenses, which change with every redeploy anyway). Ray 2.60 removed the public
+``version`` option of ``Deployment.options``; ``deployments.app`` passes it as Serve itself does internally
+(``_internal=True``), which ``tests/integration/test_redeploy.py`` checks against the pinned Ray.
 """
 
 from __future__ import annotations
