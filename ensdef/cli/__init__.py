@@ -19,7 +19,7 @@ from ensdef.cli.command import Command, plugin_commands
 from ensdef.errors import EnsdefError
 from ensdef.registry import Registry
 
-__all__ = ["build_parser", "commands", "main"]
+__all__ = ["build_parser", "commands", "configure_logging", "main"]
 
 
 def commands() -> Registry[Command]:
@@ -60,6 +60,23 @@ def render(result: Any) -> str:
     return str(result)
 
 
+QUIET_UNLESS_VERBOSE = ("art",)
+"""Libraries whose INFO lines drown ours: ART logs every attack batch ("Success rate of attack", by its own
+count, not the harness's) and its C&W L0 attack formats arrays into a logging error; without ``-v`` they
+log warnings and errors only (their progress bars stay)."""
+
+
+def configure_logging(verbose: bool) -> None:
+    """Logs to stderr: DEBUG with ``verbose``, else INFO, with :data:`QUIET_UNLESS_VERBOSE` at WARNING."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for name in QUIET_UNLESS_VERBOSE:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     # Ctrl-C and SIGINT stop every command, also one started where SIGINT is ignored (a background job of a
     # script): long jobs save their work as they go and resume (training keeps every finished member).
@@ -67,11 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     cmds = commands()
     args = build_parser(cmds).parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.verbose)
     try:
         result, code = cmds[args.command].run(args)
     except (EnsdefError, ConnectionError) as e:

@@ -3,13 +3,14 @@ Presets are checked when they load: an unknown attack or attack parameter is an 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from ensdef.cli import main
+from ensdef.cli import configure_logging, main
 from ensdef.errors import ConfigError
 from ensdef.presets import PRESET_DIR, load_preset
 
@@ -21,6 +22,22 @@ def test_an_expected_error_prints_its_message_and_the_traceback_only_with_v(caps
     assert main(["-v", "train", "--preset", "no-such-preset", "--store", "unused"]) == 2
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "ConfigError" in err
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_art_logs_its_batches_only_with_v(verbose: bool) -> None:
+    import art.attacks.evasion  # noqa: F401  (ART's import configures its own loggers; ours must hold)
+
+    carlini, root = logging.getLogger("art.attacks.evasion.carlini"), logging.getLogger()
+    before = logging.getLogger("art").level, root.level
+    try:
+        configure_logging(verbose)
+        root.setLevel(logging.DEBUG)  # pytest owns the root logger (basicConfig does nothing here): open it
+        assert carlini.isEnabledFor(logging.INFO) is verbose
+        assert carlini.isEnabledFor(logging.WARNING)
+    finally:
+        logging.getLogger("art").setLevel(before[0])
+        root.setLevel(before[1])
 
 
 def _preset_with(tmp_path: Path, **evaluation: object) -> Path:
