@@ -103,7 +103,7 @@ def test_per_defense_cuts_apply_to_their_defense_only(tmp_path: Path) -> None:
     f.write_text(yaml.safe_dump({"base": "mnist5k", "evaluation": {"per_defense": {"modef": {"apgd_targets": 1}}}}))
     e = load_preset(f).evaluation
     assert e.for_defense("modef").apgd_targets == 1 and e.for_defense("modef").apgd_iter == e.apgd_iter
-    assert e.for_defense("det") is e and e.apgd_targets == 3
+    assert e.for_defense("verification") is e and e.apgd_targets == 3  # a defense without a cut
 
 
 def test_cached_cells_key_on_the_defense_settings_not_on_the_evaluations() -> None:
