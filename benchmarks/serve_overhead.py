@@ -47,7 +47,8 @@ import torch
 import yaml
 from ray import serve
 
-from deployments.launch import IngressMode, deploy, start_local
+from deployments.launch import deploy, start_local
+from deployments.modes import IngressMode
 from deployments.settings import Packing, ServeSettings
 from ensdef.data import load_dataset
 from ensdef.defenses.base import Defense

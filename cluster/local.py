@@ -64,7 +64,7 @@ class LocalCluster:
         ray: str | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
-        """``env``: more environment for every node (e.g. ``deployments.launch.haproxy_env``: Serve's mode is
+        """``env``: more environment for every node (e.g. ``deployments.modes.haproxy_env``: Serve's mode is
         fixed when the nodes start)."""
         self.env = dict(env or {})
         self.head = NodeSpec("head", head_cpus, {"head": 1.0})

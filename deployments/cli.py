@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from deployments.modes import SERVICE_ENV, IngressMode, mode_env
 from ensdef.cli import render
 from ensdef.cli.command import Command, Result, csv, data_args, ray_args
 from ensdef.errors import ConfigError, NotTrained
@@ -43,13 +44,11 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detach", action="store_true", help="return after deploying (needs --address: an external Ray)")
     p.add_argument(
         "--ingress",
-        choices=["proxy", "haproxy", "direct"],
-        default="proxy",
-        help="proxy: Serve's Python HTTP/gRPC proxies; haproxy: Serve's high-throughput mode, HAProxy in front of "
-        "the ingress replicas (hides client addresses: docs/serving.md); direct: the ingress replicas listen "
-        "themselves (a local Ray started here "
-        "gets what the mode needs, an external one needs RAY_SERVE_ENABLE_HA_PROXY=1 or "
-        "RAY_SERVE_ENABLE_DIRECT_INGRESS=1 when it starts)",
+        choices=[m.value for m in IngressMode],
+        default=IngressMode.HAPROXY.value,
+        help="haproxy (default): Serve's high-throughput mode, HAProxy in front of the ingress replicas; proxy: "
+        "Serve's Python HTTP/gRPC proxies; direct: the ingress replicas listen themselves (a local Ray started "
+        "here gets what the mode needs, an external one the environment `ensdef ray-env` prints when it starts)",
     )
     data_args(p)
 
@@ -76,7 +75,7 @@ def _serve(a: argparse.Namespace) -> Result:
             args[key] = value
     if a.defenses:
         args["defenses"] = list(csv(a.defenses) or ())
-    ingress = launch.IngressMode(a.ingress)
+    ingress = IngressMode(a.ingress)
     http_port = int(http["port"])
     target = progressive.Target(
         a.address,
@@ -130,3 +129,22 @@ def _serve(a: argparse.Namespace) -> Result:
 
 
 SERVE = Command("serve", "deploy every defense behind HTTP and gRPC on Ray Serve", _serve_args, _serve)
+
+
+def _ray_env_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ingress", choices=[m.value for m in IngressMode], default=IngressMode.HAPROXY.value)
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=9000)
+
+
+def _ray_env(a: argparse.Namespace) -> Result:
+    """``KEY=VALUE`` words for ``env $(ensdef ray-env) ray start ...``: the service's and the mode's."""
+    return {**SERVICE_ENV, **mode_env(IngressMode(a.ingress), a.http_port, a.grpc_port)}, 0
+
+
+RAY_ENV = Command(
+    "ray-env",
+    "the environment `ray start` needs for an ingress mode (env $(ensdef ray-env) ray start --head)",
+    _ray_env_args,
+    _ray_env,
+)

@@ -15,6 +15,7 @@ import collections
 import hashlib
 import json
 import logging
+import os
 import secrets
 import time
 from dataclasses import replace
@@ -67,6 +68,30 @@ def client_label(raw: str) -> str:
     if raw and len(raw) <= 64 and raw.isascii() and raw.isprintable():
         return raw
     return "sha256:" + hashlib.sha256(raw.encode("utf-8", "replace")).hexdigest()[:16] if raw else "unknown"
+
+
+def client_address(peer: str, forwarded: str | None, proxies: frozenset[str]) -> str:
+    """The client's address: the last entry of ``X-Forwarded-For`` (``forwarded``) when ``peer`` is one of
+    ``proxies`` (HAProxy appends the peer it saw; earlier entries are the client's own claim), else ``peer``.
+    ``peer`` may be a gRPC peer string (``ipv4:1.2.3.4:5678``, ``ipv6:[::1]:5678``)."""
+    host = peer
+    if peer.startswith(("ipv4:", "ipv6:")):
+        host = peer[5:].rsplit(":", 1)[0].strip("[]")
+    if forwarded and host in proxies:
+        last = forwarded.rsplit(",", 1)[-1].strip()
+        if last:
+            return last
+    return peer
+
+
+def proxy_addresses() -> frozenset[str]:
+    """Where Serve's HAProxy connects from (this node's loopback and address) when the cluster runs in its
+    high-throughput mode; empty otherwise (Serve's Python proxy passes the client's address itself)."""
+    if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") != "1":
+        return frozenset()
+    import ray
+
+    return frozenset({"127.0.0.1", "::1", ray.util.get_node_ip_address()})
 
 
 class LengthRequired(ValueError):
@@ -143,6 +168,7 @@ class Ingress:
         self.admin_token = admin_token
         self.body_timeout_s, self.max_client_requests = body_timeout_s, max_client_requests
         self.inflight: collections.Counter[str] = collections.Counter()  # HTTP requests per client address
+        self.proxies = proxy_addresses()
         self.store = ArtifactStore(store) if store else None
         self._progress: tuple[float, dict[str, dict[str, Any]]] = (-PROGRESS_TTL_S, {})
         self.guard = Guard(guard or GuardSettings())
@@ -155,6 +181,11 @@ class Ingress:
         if not (self.admin_token and token):
             return False
         return secrets.compare_digest(token.encode("utf-8", "replace"), self.admin_token.encode("utf-8"))
+
+    def _peer(self, request: Request) -> str:
+        return client_address(
+            request.client.host if request.client else "", request.headers.get("x-forwarded-for"), self.proxies
+        )
 
     def _seed(self, seed: Any, admin: bool) -> int:
         """Fresh randomness per request; a caller-chosen seed would let an attacker fix it (admin only)."""
@@ -240,7 +271,7 @@ class Ingress:
         """Body: JSON ``{"images": nested lists}`` or ``{"npy": base64 .npy}`` (optional ``"seed"``, admin
         only), or one image file (``Content-Type: image/png``). Header ``X-Admin-Token`` adds diagnostics.
         At most ``max_client_requests`` at once per client address (429 above)."""
-        peer = request.client.host if request.client else ""
+        peer = self._peer(request)
         if self.inflight[peer] >= self.max_client_requests:
             self.bad.inc(1, tags={"reason": "client_concurrency"})
             raise HTTPException(429, "too many concurrent requests from this address", headers={"Retry-After": "1"})
@@ -257,8 +288,7 @@ class Ingress:
         h = request.headers
         try:
             key = presented_key(h.get("authorization"), h.get("x-api-key"))
-            peer = request.client.host if request.client else ""
-            client = self.guard.identify(key, client_label(h.get("x-client-id") or peer))
+            client = self.guard.identify(key, client_label(h.get("x-client-id") or self._peer(request)))
             declared = request.headers.get("content-length", "")
             if not declared.isdigit():  # Serve's proxy buffers a body as fast as it arrives: refuse before any
                 raise LengthRequired("send the body with a Content-Length header; chunked uploads are refused")
@@ -306,7 +336,8 @@ class Ingress:
         meta = dict(grpc_context.invocation_metadata())
         try:
             key = presented_key(meta.get("authorization"), meta.get("x-api-key"))
-            client = self.guard.identify(key, client_label(str(meta.get("client-id") or grpc_context.peer())))
+            peer = client_address(grpc_context.peer(), meta.get("x-forwarded-for"), self.proxies)
+            client = self.guard.identify(key, client_label(str(meta.get("client-id") or peer)))
             x = from_raw(request.tensor, list(request.shape), request.dtype, self.limits)
             seed = self._seed(request.seed if request.HasField("seed") else None, admin)
             verdict = await self._decide(request.defense, x, seed, client)

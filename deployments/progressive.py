@@ -15,7 +15,8 @@ from ray import serve
 
 from deployments.app import survey
 from deployments.drain import drain, start_control
-from deployments.launch import Endpoints, IngressMode, connect, deploy, wait_for_ports
+from deployments.launch import Endpoints, connect, deploy, wait_for_ports
+from deployments.modes import IngressMode
 from deployments.settings import ServeSettings
 from ensdef.data import Dataset
 from ensdef.errors import ConfigError, NotTrained

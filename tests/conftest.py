@@ -98,7 +98,7 @@ def _span_free(base: int, width: int) -> bool:
 def free_ports() -> tuple[int, int]:
     """HTTP and gRPC base ports whose spans of ``PORT_SPAN`` ports above them are free and apart (Serve's
     HAProxy and direct-ingress modes put replicas, HAProxy's own ports and the fallback proxy there)."""
-    from deployments.launch import PORT_SPAN
+    from deployments.modes import PORT_SPAN
 
     while True:
         http, grpc = free_port(), free_port()
@@ -109,8 +109,8 @@ def free_ports() -> tuple[int, int]:
 
 @pytest.fixture(scope="session")
 def ray_serve():
-    """One local Ray (2 CPUs) and Serve in its shipped mode (Serve's Python HTTP and gRPC proxies), shared by
-    every integration test."""
+    """One local Ray (2 CPUs) and Serve in its shipped mode (HAProxy in front of the ingress replicas), shared
+    by every integration test."""
     import ray
     from ray import serve
 
@@ -118,7 +118,7 @@ def ray_serve():
 
     http, grpc = free_ports()
     ports = {"http": http, "grpc": grpc, "metrics": free_port()}
-    ingress = IngressMode.PROXY  # HAProxy hides client addresses from the ingress (docs/serving.md)
+    ingress = IngressMode.HAPROXY
     start_local(2, ports["metrics"], env=ingress.env(http, grpc))
     deploy_proxies("127.0.0.1", ports["http"], ports["grpc"])
     yield {**ports, "ingress": ingress}

@@ -3,6 +3,7 @@ parser, the committed gRPC modules equal a fresh generation, and packing decides
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -98,7 +99,7 @@ def test_packing_decides_the_layout(tiny_store) -> None:
 
 
 def test_direct_ingress_env_gives_each_protocol_its_own_port_range() -> None:
-    from deployments.launch import direct_ingress_env
+    from deployments.modes import direct_ingress_env
 
     env = direct_ingress_env(8000, 9000)
     assert env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"
@@ -114,7 +115,7 @@ def test_direct_ingress_env_gives_each_protocol_its_own_port_range() -> None:
 def test_haproxy_env_keeps_every_port_and_file_of_a_service_to_its_own() -> None:
     """Two services on one machine (8000/9000 and 8300/9300) share no port and no HAProxy file; every port
     of a service lies in the span above its own HTTP or gRPC port, and HAProxy's own are not the clients'."""
-    from deployments.launch import PORT_SPAN, IngressMode, haproxy_env
+    from deployments.modes import PORT_SPAN, IngressMode, haproxy_env
 
     def ports(env: dict[str, str]) -> set[int]:
         single = [k for k in env if k.endswith("_PORT") and "DIRECT_INGRESS" not in k]
@@ -135,11 +136,43 @@ def test_haproxy_env_keeps_every_port_and_file_of_a_service_to_its_own() -> None
     p1, p2 = ports(one), ports(two)
     assert not p1 & p2 and not {8000, 9000} & p1
     assert p1 <= set(range(8001, 8000 + PORT_SPAN)) | set(range(9001, 9000 + PORT_SPAN))
-    files = [k for k in one if k.endswith(("_LOC", "_PATH", "_BASE", "_FILE"))]
+    files = [k for k in one if k.endswith(("_LOC", "_PATH", "_BASE", "_FILE")) and "BINARY" not in k]  # programs
     assert len(files) == 5 and not {one[k] for k in files} & {two[k] for k in files}
     assert int(one["RAY_SERVE_HAPROXY_NBTHREAD"]) >= 1 and IngressMode.PROXY.env(8000, 9000) is None
     with pytest.raises(ValueError, match="apart"):
         haproxy_env(8000, 8150)
+
+
+def test_haproxy_runs_with_option_forwardfor_and_ray_env_prints_the_mode(tmp_path) -> None:
+    """The wrapper Serve runs as HAProxy adds ``option forwardfor`` to the defaults of the configuration it is
+    given (once, however often it runs), and real HAProxy accepts the result; ``ensdef ray-env`` prints the
+    same environment a local Ray gets."""
+    import subprocess
+    import sys
+
+    from deployments.modes import FORWARDFOR, SERVICE_ENV, haproxy_binary, haproxy_env
+
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(
+        "global\n    maxconn 16\ndefaults\n    mode http\n    timeout connect 1s\n    timeout client 1s\n"
+        "    timeout server 1s\nfrontend f\n    bind 127.0.0.1:18080\n    default_backend b\n"
+        "backend b\n    server s 127.0.0.1:1\n"
+    )
+    env = {**os.environ, **haproxy_env(8000, 9000, str(tmp_path))}
+    assert env["RAY_SERVE_HAPROXY_BINARY_PATH"] == FORWARDFOR and env["ENSDEF_HAPROXY_BINARY"] == haproxy_binary()
+    for _ in range(2):
+        done = subprocess.run([FORWARDFOR, "-c", "-f", str(cfg)], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    lines = cfg.read_text().splitlines()
+    assert lines.count("    option forwardfor") == 1 and lines[lines.index("defaults") + 1] == "    option forwardfor"
+    out = subprocess.run(
+        [sys.executable, "-m", "ensdef", "ray-env", "--http-port", "8000", "--grpc-port", "9000"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    printed = dict(w.split("=", 1) for w in out)
+    assert printed == {**SERVICE_ENV, **haproxy_env(8000, 9000)}
 
 
 def test_an_ingress_that_packs_members_asks_for_their_gpu_share(tiny_store) -> None:

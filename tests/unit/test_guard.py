@@ -232,3 +232,18 @@ def test_every_detection_action_does_what_it_says(action: str) -> None:
     assert [c["client"] for c in seen] == ["a", "b"] and seen[0]["images"] == 4
     assert seen[0]["detections"] == (0 if action == "off" else 1)
     assert seen[0]["first_detection_query"] == (None if action == "off" else 4)
+
+
+def test_client_address_takes_haproxys_entry_and_only_from_haproxy() -> None:
+    """Behind HAProxy the ingress's peer is HAProxy: the client is the last X-Forwarded-For entry (the one
+    HAProxy appended); what a client writes there itself, or sends from elsewhere, is not believed."""
+    from deployments.ingress import client_address
+
+    proxies = frozenset({"127.0.0.1", "10.0.0.5"})
+    assert client_address("127.0.0.1", "127.0.0.2", proxies) == "127.0.0.2"
+    assert client_address("10.0.0.5", "6.6.6.6, 192.168.1.9", proxies) == "192.168.1.9"  # a forged first entry
+    assert client_address("ipv4:127.0.0.1:40312", "192.168.1.9", proxies) == "192.168.1.9"  # gRPC peer form
+    assert client_address("ipv6:[::1]:40312", "192.168.1.9", frozenset({"::1"})) == "192.168.1.9"
+    assert client_address("192.168.1.9", "6.6.6.6", proxies) == "192.168.1.9"  # not through HAProxy
+    assert client_address("127.0.0.1", "6.6.6.6", frozenset()) == "127.0.0.1"  # Serve's Python proxy mode
+    assert client_address("127.0.0.1", None, proxies) == "127.0.0.1" == client_address("127.0.0.1", " ", proxies)
