@@ -45,10 +45,11 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ingress",
         choices=[m.value for m in IngressMode],
-        default=IngressMode.HAPROXY.value,
-        help="haproxy (default): Serve's high-throughput mode, HAProxy in front of the ingress replicas; proxy: "
-        "Serve's Python HTTP/gRPC proxies; direct: the ingress replicas listen themselves (a local Ray started "
-        "here gets what the mode needs, an external one the environment `ensdef ray-env` prints when it starts)",
+        default=None,
+        help="haproxy: Serve's high-throughput mode, HAProxy in front of the ingress replicas; proxy: Serve's "
+        "Python HTTP/gRPC proxies; direct: the ingress replicas listen themselves. A local Ray started here gets "
+        "what the mode needs (default: haproxy); an external one must have been started with what `ensdef "
+        "ray-env` prints (default: the mode it was started with)",
     )
     data_args(p)
 
@@ -75,7 +76,8 @@ def _serve(a: argparse.Namespace) -> Result:
             args[key] = value
     if a.defenses:
         args["defenses"] = list(csv(a.defenses) or ())
-    ingress = IngressMode(a.ingress)
+    ingress = IngressMode(a.ingress) if a.ingress else None  # None: the cluster's own mode
+    started = ingress or IngressMode.HAPROXY  # what a Ray started here gets
     http_port = int(http["port"])
     target = progressive.Target(
         a.address,
@@ -85,7 +87,7 @@ def _serve(a: argparse.Namespace) -> Result:
         int(grpc_port),
         a.proxy_location or proxies,
         ingress,
-        ingress.env(http_port, int(grpc_port)),
+        started.env(http_port, int(grpc_port)),
         a.metrics_port,
     )
     if a.detach and target.starts_ray:

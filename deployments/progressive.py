@@ -46,7 +46,7 @@ class MissingTraining:
 class Target:
     """Where and how to deploy: the Ray to join (``address``; None or ``local`` may start one with
     ``num_cpus``, ``env`` and Prometheus metrics on ``metrics_port``), the ports clients use, the proxies'
-    location and the ingress mode."""
+    location and the ingress mode (None: the mode the cluster was started with)."""
 
     address: str | None
     num_cpus: float | None
@@ -54,7 +54,7 @@ class Target:
     http_port: int
     grpc_port: int
     proxy_location: str
-    ingress: IngressMode
+    ingress: IngressMode | None
     env: dict[str, str] | None = None
     metrics_port: int | None = None
 
