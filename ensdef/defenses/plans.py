@@ -118,9 +118,10 @@ def decisions(
     label: torch.Tensor, flagged: torch.Tensor | None, degraded: bool, diag: Callable[[int], dict]
 ) -> list[Decision]:
     """One Decision per row of ``label`` ``[B]``; ``diag(i)`` gives row i's diagnostics."""
+    labels = label.tolist()  # one conversion, not one tensor index per row
+    flags = flagged.bool().tolist() if flagged is not None else [False] * len(labels)
     return [
-        Decision(int(label[i]), bool(flagged[i]) if flagged is not None else False, diag(i), degraded)
-        for i in range(len(label))
+        Decision(int(lab), bool(f), diag(i), degraded) for i, (lab, f) in enumerate(zip(labels, flags, strict=True))
     ]
 
 

@@ -16,7 +16,8 @@ import numpy as np
 from ensdef.errors import InvalidInput
 
 _STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
-_OPEN, _CLOSE = np.frombuffer(b"[{", np.uint8), np.frombuffer(b"]}", np.uint8)
+_STEP = np.zeros(256, np.int8)  # byte -> +1 opens a container, -1 closes one, 0 otherwise
+_STEP[np.frombuffer(b"[{", np.uint8)], _STEP[np.frombuffer(b"]}", np.uint8)] = 1, -1
 MAX_NUMBER_CHARS = 32  # "-0.12345678901234567890123e-300" and the like; a pixel needs far fewer
 
 
@@ -44,8 +45,8 @@ def loads_bounded(raw: bytes, max_depth: int, max_containers: int, max_values: i
     than :data:`MAX_NUMBER_CHARS` characters. Raises :class:`InvalidInput` otherwise or when the
     body is not JSON."""
     bare = np.frombuffer(_STRING.sub(b'""', raw), np.uint8)
-    step = np.isin(bare, _OPEN).astype(np.int64) - np.isin(bare, _CLOSE)
-    depth = np.cumsum(step)
+    step = _STEP[bare]
+    depth = np.cumsum(step, dtype=np.int64)
     if len(depth) and (depth.min() < 0 or depth[-1] != 0):
         raise InvalidInput("malformed JSON: unbalanced brackets")
     if len(depth) and depth.max() > max_depth:
