@@ -10,8 +10,8 @@
 * the member hosts' threads and environment default to ``deployments/serve.yaml`` (the small-machine config);
 * latency: HTTP p50 / p99 at concurrency 1 against in-process single-image ``decide``;
 * layouts side by side in one run (``--layouts``, ``INGRESS/PACKING`` pairs): by default the shipped one
-  (``proxy/pool``: Serve's Python proxies, one replica per pool), Serve's high-throughput mode with the same
-  packing (``haproxy/pool``: HAProxy in front of the ingress replicas), and every member inside the ingress
+  (``haproxy/pool``: Serve's high-throughput mode, HAProxy in front of the ingress replicas, one replica per
+  pool), Serve's Python proxies with the same packing (``proxy/pool``), and every member inside the ingress
   replica reached directly (``direct/ingress``). Each layout gets its own local Ray (the ingress mode is fixed
   when Ray starts), one after the other;
 * peak memory (PSS) of the whole served stack (every Ray process), sampled throughout, overall and while each
@@ -21,7 +21,7 @@ Goal on the 2-core machine, shipped layout: served throughput at least 0.8 of in
 p50 within 5 ms of in-process for single-network defenses; whole stack under 8 GB.
 
     .venv/bin/python benchmarks/serve_overhead.py --store DIR [--preset mnist5k]
-        [--layouts proxy/pool,haproxy/pool,direct/ingress] [--defenses a,b] [--requests 64]
+        [--layouts haproxy/pool,proxy/pool,direct/ingress] [--defenses a,b] [--requests 64]
         [--images-per-request 64] [--wire npy|json] [--grpc] [--seconds 5] [--member-threads N]
         [--env KEY=VALUE] [--host-calls 2] [--member-replicas 1]
 """
@@ -124,7 +124,7 @@ def main() -> None:
     ap.add_argument("--preset", default="mnist5k")
     ap.add_argument(
         "--layouts",
-        default="proxy/pool,haproxy/pool,direct/ingress",
+        default="haproxy/pool,proxy/pool,direct/ingress",
         help="comma list of INGRESS/PACKING, measured one after the other (ingress: "
         + "|".join(m.value for m in IngressMode)
         + "; packing: "
