@@ -31,10 +31,12 @@ class Encoding(str, Enum):
 
 
 def _pooled(x: np.ndarray) -> np.ndarray:
-    """2 x 2 average pooling (an odd last row or column is dropped), flattened: ``[B, C*(H//2)*(W//2)]``."""
-    b, c, h, w = x.shape
-    x = x[:, :, : h - h % 2, : w - w % 2]
-    return x.reshape(b, c, h // 2, 2, w // 2, 2).mean(axis=(3, 5)).reshape(b, -1)
+    """2 x 2 average pooling (an odd last row or column is dropped), flattened: ``[B, C*(H//2)*(W//2)]``.
+    Four strided sums: a mean over reshaped axes took 0.4 ms per 64 MNIST images, this 0.03 ms."""
+    b, _, h, w = x.shape
+    h, w = h - h % 2, w - w % 2
+    s = x[:, :, 0:h:2, 0:w:2] + x[:, :, 1:h:2, 0:w:2] + x[:, :, 0:h:2, 1:w:2] + x[:, :, 1:h:2, 1:w:2]
+    return (0.25 * s).reshape(b, -1)
 
 
 # numpy, not torch: small torch reductions on CPU wake its thread pool and took 4 ms per 64-image batch here
@@ -64,6 +66,7 @@ class DetectorSpec:
 class ClientState:
     vectors: np.ndarray  # [capacity, D] float16, a ring
     times: np.ndarray  # [capacity] float64, seconds; -inf marks an empty slot
+    norms: np.ndarray  # [capacity] float32: squared norms of ``vectors`` (as stored, in float16)
     pos: int = 0  # next slot to write
     queries: int = 0  # every image ever observed from this client
     detections: int = 0
@@ -121,25 +124,28 @@ class StatefulDetector:
         st = self._clients.pop(name, None)
         if st is None:
             cap = min(self.spec.memory, 64)
-            st = ClientState(np.zeros((cap, 0), np.float16), np.full(cap, -np.inf))
+            st = ClientState(np.zeros((cap, 0), np.float16), np.full(cap, -np.inf), np.zeros(cap, np.float32))
         self._clients[name] = st
         while len(self._clients) > self.spec.max_clients:
             self._clients.popitem(last=False)
         return st
 
     def _scores(self, st: ClientState, e: np.ndarray, now: float) -> np.ndarray:
-        """Mean distance of each row of ``e`` [n, D] to its k nearest among the live memory and earlier rows."""
+        """Mean distance of each row of ``e`` [n, D] to its k nearest among the live memory and earlier rows.
+        Squared distances (the memory's norms kept since it was written) until the k nearest are chosen."""
         live = st.times > now - self.spec.ttl_s
-        past = st.vectors[live].astype(np.float32) if st.vectors.shape[1] else np.zeros((0, e.shape[1]), np.float32)
-        d_past = _distances(e, past)  # [n, M]
-        d_self = _distances(e, e)
-        d_self[np.triu_indices(len(e))] = np.inf  # only earlier images of the request
-        d = np.concatenate([d_past, d_self], axis=1)
-        k = self.spec.k
-        if d.shape[1] < k:
-            return np.full(len(e), np.inf)
+        n, m, k = len(e), int(live.sum()) if st.vectors.shape[1] else 0, self.spec.k
+        if m + n < k:
+            return np.full(n, np.inf)
+        norms = np.einsum("ij,ij->i", e, e)
+        d = np.empty((n, m + n), np.float32)
+        if m:
+            _squared_distances(e, norms, st.vectors[live].astype(np.float32), st.norms[live], out=d[:, :m])
+        _squared_distances(e, norms, e, norms, out=d[:, m:])
+        i = np.arange(n)
+        d[:, m:][i[:, None] <= i[None, :]] = np.inf  # only earlier images of the request
         nearest = np.partition(d, k - 1, axis=1)[:, :k]
-        return nearest.mean(axis=1)  # inf where fewer than k neighbours exist
+        return np.sqrt(nearest).mean(axis=1)  # inf where fewer than k neighbours exist
 
     def _remember(self, st: ClientState, e: np.ndarray, now: float) -> None:
         e = e[-self.spec.memory :]
@@ -149,15 +155,22 @@ class StatefulDetector:
         if need > len(st.times):  # grow the ring (doubling) up to ``memory`` rows
             cap = min(self.spec.memory, max(need, 2 * len(st.times)))
             st.vectors = np.concatenate([st.vectors, np.zeros((cap - len(st.times), e.shape[1]), np.float16)])
+            st.norms = np.concatenate([st.norms, np.zeros(cap - len(st.times), np.float32)])
             st.times = np.concatenate([st.times, np.full(cap - len(st.times), -np.inf)])
         slots = (st.pos + np.arange(len(e))) % len(st.times)
         st.vectors[slots], st.times[slots] = e, now
+        stored = st.vectors[slots].astype(np.float32)
+        st.norms[slots] = np.einsum("ij,ij->i", stored, stored)
         st.pos = int(slots[-1]) + 1
 
 
-def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Euclidean distances ``[len(a), len(b)]`` (float32, clipped at 0 against rounding)."""
-    if not len(b):
-        return np.zeros((len(a), 0), np.float32)
-    sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * (a @ b.T)
-    return np.sqrt(np.clip(sq, 0, None))
+def _squared_distances(
+    a: np.ndarray, a_norms: np.ndarray, b: np.ndarray, b_norms: np.ndarray, out: np.ndarray
+) -> np.ndarray:
+    """Squared Euclidean distances ``[len(a), len(b)]`` into ``out`` (float32, clipped at 0 against rounding),
+    from the rows' squared norms."""
+    np.matmul(a, b.T, out=out)
+    out *= -2
+    out += a_norms[:, None]
+    out += b_norms[None, :]
+    return np.maximum(out, 0, out=out)

@@ -119,6 +119,13 @@ def test_detector_scores_are_knn_means_over_the_clients_memory(encoding: Encodin
     assert det.client("c").queries == 100 and det.client("other") is None
 
 
+@pytest.mark.parametrize("shape", [(3, 1, 28, 28), (2, 3, 9, 7)])
+def test_pooled_encoding_is_torchs_average_pooling(shape: tuple[int, int, int, int]) -> None:
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(1))
+    want = torch.nn.functional.avg_pool2d(x, 2).flatten(1).numpy()  # drops an odd last row or column too
+    np.testing.assert_allclose(ENCODERS[Encoding.POOLED](x.numpy()), want, rtol=1e-6, atol=1e-7)
+
+
 def test_detection_clears_memory_counts_and_forgets_old_queries_and_clients() -> None:
     spec = DetectorSpec(k=3, memory=100, ttl_s=10.0, max_clients=2)
     x = torch.zeros(1, 1, 4, 4)
