@@ -22,6 +22,7 @@ from typing import Any
 
 import fsspec
 import torch
+from fsspec.implementations.local import LocalFileSystem
 from torch import nn
 
 import ensdef
@@ -99,8 +100,10 @@ class ArtifactStore:
     """A directory of artifacts: a local path or any fsspec URI (``s3://...``, ``gs://...``)."""
 
     def __init__(self, root: str | Path) -> None:
-        self.root = str(root)
-        self.fs, self._base = fsspec.core.url_to_fs(self.root)
+        self.fs, self._base = fsspec.core.url_to_fs(str(root))
+        # a local folder is kept as its absolute path: a process that runs in another folder (a Tune trial runs
+        # in its own) must read and write the same store, not a new one under its working directory
+        self.root = self._base if isinstance(self.fs, LocalFileSystem) else str(root)
         self._recording: list[dict[str, str]] = []
 
     @contextlib.contextmanager

@@ -104,6 +104,12 @@ def tune_pools(preset: Preset, store: ArtifactStore, pools: list[Pool], run: Tun
             )
         if errors:
             raise EnsdefError(f"{len(errors)} Tune trials failed: " + "; ".join(errors))
+        lost = [o["name"] for o in out if not store.verify(o["name"]).ok]
+        if lost:  # a trial wrote where this process cannot read (a node's own disk): nothing may vanish silently
+            raise EnsdefError(
+                f"Tune trained {', '.join(lost)} but store {store.root} does not hold them as this process sees it; "
+                "on a cluster the store must be a folder every node shares or a URI (s3://, gs://)"
+            )
     post = {}
     for pool in pools:
         if pool in POST_STEPS:

@@ -94,11 +94,13 @@ def test_interrupted_run_restores_without_retraining_finished_trials(ray_serve, 
         assert store.verify(name).ok
 
 
-def test_tune_artifacts_are_the_in_process_trainers(ray_serve, tmp_path: Path, mnist5k) -> None:
+def test_tune_artifacts_are_the_in_process_trainers(ray_serve, tmp_path: Path, mnist5k, monkeypatch) -> None:
     from tune.pools import TuneRun, tune_pools
 
     preset = load_preset(FIXTURES / "tiny.yaml")
-    tuned, local = ArtifactStore(tmp_path / "tuned"), ArtifactStore(tmp_path / "local")
+    monkeypatch.chdir(tmp_path)  # the tuned store by a relative path, as `ensdef tune --store artifacts` gives it:
+    # trials run in their own folders and once wrote a second store there
+    tuned, local = ArtifactStore("tuned"), ArtifactStore(tmp_path / "local")
     tune_pools(preset, tuned, [Pool.TEMPNETS], TuneRun())
     train_pools(preset, mnist5k, local, [Pool.TEMPNETS])
     assert tuned.names() == local.names()

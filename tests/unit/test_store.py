@@ -42,6 +42,20 @@ def test_round_trip_gives_identical_outputs_and_manifest(tmp_path: Path) -> None
     assert {"role", "architecture", "dataset", "train_config", "metrics", "sha256", "code_version"} <= set(manifest)
 
 
+def test_a_relative_local_path_is_the_same_store_from_any_folder(tmp_path: Path, monkeypatch) -> None:
+    # a Tune trial runs in its own folder: with the root kept relative it wrote a second store there, silently
+    monkeypatch.chdir(tmp_path)
+    store = ArtifactStore("rel/store")
+    assert store.root == str(tmp_path / "rel" / "store")
+    _save(store)
+    (tmp_path / "trial").mkdir()
+    monkeypatch.chdir(tmp_path / "trial")
+    again = ArtifactStore(store.root)
+    assert again.names() == ["verifier-lenet"] and again.verify("verifier-lenet").ok
+    assert not (tmp_path / "trial" / "rel").exists()
+    assert ArtifactStore("memory://ensdef-test/x").root == "memory://ensdef-test/x"  # URIs are kept as given
+
+
 def test_one_changed_byte_is_refused_by_load_verify_and_cli(tmp_path: Path, capsys) -> None:
     store = ArtifactStore(tmp_path)
     _save(store, "good")
