@@ -104,7 +104,7 @@ def tune_pools(preset: Preset, store: ArtifactStore, pools: list[Pool], run: Tun
             )
         if errors:
             raise EnsdefError(f"{len(errors)} Tune trials failed: " + "; ".join(errors))
-        lost = [o["name"] for o in out if not store.verify(o["name"]).ok]
+        lost = [p.name for p in stage if not store.verify(p.name).ok]  # this stage's members, each read once
         if lost:  # a trial wrote where this process cannot read (a node's own disk): nothing may vanish silently
             raise EnsdefError(
                 f"Tune trained {', '.join(lost)} but store {store.root} does not hold them as this process sees it; "
