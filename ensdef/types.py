@@ -94,6 +94,14 @@ class Optim(str, Enum):
     SGD = "sgd"
 
 
+class AdvMethod(str, Enum):
+    """The inner maximisation of adversarial training (``train.adversarial.method``)."""
+
+    PGD = "pgd"  # Madry et al. 2018: L-inf PGD from a uniform random start, train on its examples
+    TRADES = "trades"  # Zhang et al. 2019: clean cross-entropy + beta KL(f(x) || f(x')), x' maximising the KL
+    FGSM_RS = "fgsm-rs"  # Wong, Rice and Kolter 2020: one FGSM step of 1.25 eps from a uniform random start
+
+
 class Checkpoint(str, Enum):
     """Which weights training keeps."""
 

@@ -18,6 +18,7 @@ from ensdef.errors import ConfigError
 from ensdef.presets.budgets import check_attacks
 from ensdef.presets.schema import (
     PER_DEFENSE,
+    AdversarialConfig,
     BaselineConfig,
     ClassifierSpec,
     DenoiserMember,
@@ -36,13 +37,15 @@ from ensdef.presets.schema import (
     TuneResources,
     VerifierPool,
 )
-from ensdef.types import Checkpoint, DataShare, GroupLossKind, Optim
+from ensdef.types import AdvMethod, Checkpoint, DataShare, GroupLossKind, Optim
 
 PRESET_DIR = Path(__file__).resolve().parent
 """The shipped presets (``<name>.yaml``), inside the installed package."""
 
 __all__ = [
     "PRESET_DIR",
+    "AdvMethod",
+    "AdversarialConfig",
     "BaselineConfig",
     "Checkpoint",
     "ClassifierSpec",

@@ -10,6 +10,7 @@ from ensdef.config import from_mapping, to_plain
 from ensdef.errors import ConfigError
 from ensdef.noise import NoiseKind
 from ensdef.types import (
+    AdvMethod,
     Checkpoint,
     CrossLayerMode,
     DataShare,
@@ -19,6 +20,30 @@ from ensdef.types import (
     TeamPolicy,
     VoteRule,
 )
+
+
+@dataclass(frozen=True)
+class AdversarialConfig:
+    """Adversarial training at L-inf ``eps`` (``ensdef.training.adversarial``): every training batch is replaced
+    by (PGD, FGSM-RS) or paired with (TRADES) examples of ``steps`` signed-gradient steps of ``step_size`` from
+    a random start, made on the model being trained (with its training noise and temperature). Early stopping
+    then keeps the epoch with the best accuracy under ``val_steps``-step PGD on the validation split (Rice,
+    Wong and Kolter 2020, "Overfitting in adversarially robust deep learning"; 0: clean accuracy)."""
+
+    method: AdvMethod = AdvMethod.PGD
+    eps: float = 0.3
+    steps: int = 7  # fgsm-rs: 1
+    step_size: float = 0.1  # fgsm-rs: 1.25 eps (Wong et al.)
+    beta: float = 6.0  # TRADES: weight of the KL term (Zhang et al.: 6 on MNIST and CIFAR-10)
+    val_steps: int = 10
+
+    def __post_init__(self) -> None:
+        if self.eps <= 0 or self.step_size <= 0 or self.steps < 1 or self.val_steps < 0 or self.beta < 0:
+            raise ConfigError(
+                "train.adversarial: eps and step_size must be > 0, steps >= 1, val_steps >= 0 and beta >= 0"
+            )
+        if self.method is AdvMethod.FGSM_RS and self.steps != 1:
+            raise ConfigError(f"train.adversarial: fgsm-rs takes one step (steps: 1), got steps: {self.steps}")
 
 
 @dataclass(frozen=True)
@@ -39,6 +64,7 @@ class TrainConfig:
     temperature: float = 1.0
     noise_sigma: float = 0.0  # Gaussian noise augmentation (x + sigma N(0, 1), unclipped), as for smoothing
     clean_fraction: float = 0.0  # with noise_sigma: share of training images (drawn per image) left clean
+    adversarial: AdversarialConfig | None = None  # None: no adversarial training
     seed: int = 0
     device: str = "auto"  # "auto" picks CUDA when present
 

@@ -16,6 +16,7 @@ import torch
 
 from ensdef.data import Dataset
 from ensdef.models import build
+from ensdef.presets import AdvMethod, TrainConfig
 from ensdef.rng import seeded
 from ensdef.training.pools import MemberPlan
 
@@ -39,13 +40,25 @@ def passes_per_step(plan: MemberPlan) -> float:
     """Forward and backward passes of the built model per optimisation step, relative to the one that
     :func:`step_seconds` times: an RLS network's forward runs its M sub-model paths but a training step
     samples K; PGD adversarial training adds ``adv_ratio x adv_max_iter`` attack passes; distillation trains a
-    teacher and then a student."""
+    teacher and then a student; ``train.adversarial`` multiplies by its attack steps plus the training pass
+    (TRADES: plus its clean pass)."""
+    return _base_passes(plan) * _adversarial_passes(plan.train)
+
+
+def _base_passes(plan: MemberPlan) -> float:
     if "k" in plan.extra:
         return plan.extra["k"] / plan.extra.get("build_kwargs", {}).get("m", 1)
     method = plan.extra.get("method")
     if method == "adv-training":
         return 1.0 + plan.extra["adv_ratio"] * plan.extra["adv_max_iter"]
     return 2.0 if method == "distillation" else 1.0
+
+
+def _adversarial_passes(train: TrainConfig) -> float:
+    adv = train.adversarial
+    if adv is None:
+        return 1.0
+    return 1.0 + adv.steps + (1.0 if adv.method is AdvMethod.TRADES else 0.0)
 
 
 def planned_steps(plan: MemberPlan, data: Dataset) -> int:

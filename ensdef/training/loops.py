@@ -20,9 +20,11 @@ from tqdm.auto import tqdm
 
 from ensdef.data import Split
 from ensdef.models.inference import accuracy, reconstruction_mse, resolve_device
+from ensdef.models.layers import model_device
 from ensdef.noise import NoiseSpec, corrupt
 from ensdef.presets import TrainConfig
 from ensdef.rng import make_generator, rand_like, randn_like, seeded
+from ensdef.training.adversarial import adversarial_loss, evaluating, robust_accuracy
 from ensdef.types import Checkpoint, Optim
 
 log = logging.getLogger(__name__)
@@ -135,22 +137,50 @@ def train_classifier(
     desc: str = "classifier",
     on_epoch: EpochHook | None = None,
 ) -> TrainResult:
-    """Cross-entropy on ``logits / cfg.temperature``; early stopping on validation accuracy (on validation
-    images with one fixed draw of the training noise when ``cfg.noise_sigma`` > 0)."""
+    """Cross-entropy on ``logits / cfg.temperature`` (on adversarial examples, or TRADES', with
+    ``cfg.adversarial``: ``ensdef.training.adversarial``); early stopping on validation accuracy, on validation
+    images with one fixed draw of the training noise when ``cfg.noise_sigma`` > 0, under PGD with
+    ``cfg.adversarial.val_steps`` > 0."""
     init = getattr(model, "init_from_data", None)
     if callable(init):
         init(train.x, make_generator(cfg.seed + 1))
 
     def loss(m: nn.Module, xb: torch.Tensor, yb: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         xb = augment(xb, cfg.shift, cfg.rotate, g)
-        if cfg.noise_sigma > 0:
-            xb = xb + cfg.noise_sigma * randn_like(xb, g) * noisy_rows(xb, cfg.clean_fraction, g)
-        return F.cross_entropy(m(xb) / cfg.temperature, yb)
+        noise: torch.Tensor | float = 0.0
+        if cfg.noise_sigma > 0:  # the member answers noisy queries: the attacker's examples get the same draw
+            noise = cfg.noise_sigma * randn_like(xb, g) * noisy_rows(xb, cfg.clean_fraction, g)
 
-    if cfg.noise_sigma > 0:  # members answer noisy queries: keep the checkpoint that is best under that noise
-        val = Split(val.x + cfg.noise_sigma * randn_like(val.x, make_generator(cfg.seed + 2)), val.y)
-    res = fit(model, train, cfg, loss, lambda m: accuracy(m, val), desc, on_epoch)
+        def log_probs(z: torch.Tensor) -> torch.Tensor:
+            return F.log_softmax(m(z + noise) / cfg.temperature, 1)
+
+        if cfg.adversarial is None:
+            return F.nll_loss(log_probs(xb), yb)
+        return adversarial_loss(m, log_probs, xb, yb, cfg.adversarial, g)
+
+    res = fit(model, train, cfg, loss, _val_score(val, cfg), desc, on_epoch)
     return TrainResult(res.model, {"val_accuracy": res.metrics["val_score"]}, res.epochs_run, res.seconds)
+
+
+def _val_score(val: Split, cfg: TrainConfig) -> Callable[[nn.Module], float]:
+    """Validation accuracy of a classifier in eval mode: with one fixed draw of the training noise when
+    ``cfg.noise_sigma`` > 0 (members answer noisy queries: keep the checkpoint best under that noise), and
+    under ``cfg.adversarial``'s validation PGD when it has steps."""
+    noise = cfg.noise_sigma * randn_like(val.x, make_generator(cfg.seed + 2)) if cfg.noise_sigma > 0 else None
+    adv = cfg.adversarial
+    if adv is None or adv.val_steps == 0:
+        noisy = val if noise is None else Split(val.x + noise, val.y)
+        return lambda m: accuracy(m, noisy)
+
+    def score(m: nn.Module) -> float:
+        dev = model_device(m)
+        off = None if noise is None else noise.to(dev)
+        with evaluating(m):
+            return robust_accuracy(
+                lambda z: F.log_softmax(m(z), 1), val.x.to(dev), val.y.to(dev), adv, make_generator(cfg.seed + 3), off
+            )
+
+    return score
 
 
 def train_autoencoder(

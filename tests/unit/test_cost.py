@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import replace
 
 import pytest
 
 from ensdef.data import Dataset
-from ensdef.presets import load_preset
+from ensdef.presets import AdversarialConfig, AdvMethod, load_preset
 from ensdef.training.cost import longest_first, passes_per_step, training_costs
 from ensdef.training.pools import DataSlice, Pool, plan_pool
 from ensdef.types import DataShare
@@ -42,3 +43,7 @@ def test_passes_per_step_count_sampled_networks_and_attack_passes() -> None:
     assert passes_per_step(adv) == 1 + p.baselines.adv_ratio * p.baselines.adv_max_iter
     assert passes_per_step(distill) == 2.0
     assert {passes_per_step(t) for t in plan_pool(p, Pool.TEMPNETS)} == {1.0}
+    pgd, trades = AdversarialConfig(steps=7), AdversarialConfig(method=AdvMethod.TRADES, steps=5)
+    assert passes_per_step(replace(rls, train=replace(rls.train, adversarial=pgd))) == 8 * p.rls.k / p.rls.m
+    (target,) = plan_pool(p, Pool.TARGET)
+    assert passes_per_step(replace(target, train=replace(target.train, adversarial=trades))) == 7.0
