@@ -1,6 +1,7 @@
 """The adaptive cells of the evaluation harness: attacks through the whole defense at the full budget (PGD
 with EOT and the detector-aware objective, its doubled-iteration check and epsilon curve, APGD with
-cross-entropy and targeted DLR, Square on the defense's scores, HopSkipJump and Square on its decisions),
+cross-entropy and targeted DLR, ARC on randomized defenses, Square on the defense's scores, HopSkipJump and
+Square on its decisions),
 Liang and Samavi (2021)'s superimposition,
 Lee et al. (2021)'s multi-sample attack on RLS, and the attack-failure indicators. A mixin of
 :class:`~ensdef.evaluation.harness.Harness`, whose caching and scoring it uses."""
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from ensdef.attacks.adaptive import adaptive_examples, apgd_examples
+from ensdef.attacks.arc import arc, surrogate_draws
 from ensdef.attacks.art_classifier import art_classifier
 from ensdef.attacks.cache import module_digest
 from ensdef.attacks.catalog import attack_params, run_attack
@@ -36,6 +38,7 @@ class AdaptiveCells:
     data: Any
     ref: Any
     k: int
+    device: torch.device
     cache: Any
     indicators: dict[str, list[dict[str, Any]]]
 
@@ -60,8 +63,9 @@ class AdaptiveCells:
     def adaptive(self, name: str, defense: Defense, put: Callable[[str, Attacked], None], cascade: Cascade) -> None:
         """Every adaptive cell of ``name``, each handed to ``put`` (row key, cell) in order: first the cells
         that attack every image (PGD, its doubled-iteration check and epsilon curve, Square on scores,
-        superimposition, the multi-sample attack), then the cascade (APGD-CE, targeted APGD-DLR, Square and
-        HopSkipJump on decisions) on the images still standing (:mod:`ensdef.evaluation.cascade`)."""
+        superimposition, the multi-sample attack), then the cascade (APGD-CE, targeted APGD-DLR, ARC on
+        randomized defenses, Square and HopSkipJump on decisions) on the images still standing
+        (:mod:`ensdef.evaluation.cascade`)."""
         c = self.cfg.for_defense(name)
         eps = c.eps_curve[-1]
         put(f"adaptive/{c.adaptive_attack}", self._adaptive_cell(name, defense, eps, c.adaptive_iter))
@@ -84,6 +88,8 @@ class AdaptiveCells:
             "adaptive/apgd-dlr-targeted",
             self.apgd_cell(name, defense, "difference_logits_ratio", c.apgd_targets, cascade),
         )
+        if defense.randomized and c.arc_draws > 1:
+            put("adaptive/arc", self.arc_cell(name, defense, cascade))
         if c.blackbox_iter > 0:
             put("adaptive/square-decisions", self.decision_cell(name, defense, "square", cascade))
         if c.decision_iter > 0:
@@ -126,6 +132,23 @@ class AdaptiveCells:
         extra = {"loss": loss, "targets": targets, **more, "eot": c.eot if defense.randomized else 0}
         extra["detector_aware"] = aware
         return self.cascaded(name, defense, f"apgd-{loss}-{targets}", parts, cascade, attack, extra)
+
+    def arc_cell(self, name: str, defense: Defense, cascade: Cascade) -> Attacked:
+        """ARC (:mod:`ensdef.attacks.arc`) on ``arc_draws`` fixed draws of a randomized defense's surrogate as
+        equally likely members, ``arc_iter`` sweeps of step eps / 4, on the images ``cascade`` left standing."""
+        c = self.cfg.for_defense(name)
+        eps = c.eps_curve[-1]
+        more = {"eps": eps, "draws": c.arc_draws, "sweeps": c.arc_iter, "step_size": eps / 4, "classes": 1}
+        parts = self._key(defense=name, attack="arc", **more)
+
+        def run(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+            members = surrogate_draws(defense, c.arc_draws, c.seed + 29)
+            alpha = torch.full((c.arc_draws,), 1.0 / c.arc_draws)
+            x, y = x.to(self.device), y.to(self.device)
+            steps, step = more["sweeps"], more["step_size"]
+            return arc(members, alpha, x, y, eps, step, steps, classes=1).cpu().numpy().astype(np.float32)
+
+        return self.cascaded(name, defense, "arc", parts, cascade, run, {"attack": "arc", **more})
 
     def blackbox(self, name: str, defense: Defense) -> Attacked:
         """ART's Square attack on the defense's output scores (one random draw per query)."""

@@ -91,18 +91,21 @@ def time_passes(defense: Defense, x: torch.Tensor, y: torch.Tensor, cfg: EvalCon
     )
 
 
-def adaptive_work(cfg: EvalConfig, can_flag: bool, images: int) -> Work:
+def adaptive_work(cfg: EvalConfig, can_flag: bool, images: int, randomized: bool = False) -> Work:
     """The passes of one defense's adaptive cells at ``cfg``'s budget (apply ``for_defense`` first) on
     ``images`` attacked images. A defense that can flag is attacked twice by every gradient cell (plain and
-    detector-aware)."""
+    detector-aware); a randomized one also gets ARC: per sweep one one-draw gradient per member (a
+    ``1 / eot`` share of an EOT gradient) and, per member, one forward of every member for the expected
+    accuracy."""
     twice = 2 if can_flag else 1
     pgd = cfg.adaptive_iter * (1 + 2 + len(cfg.eps_curve) - 1)  # the attack, doubled iterations, epsilon curve
     apgd = cfg.apgd_iter * cfg.apgd_restarts * (1 + cfg.apgd_targets)  # cross-entropy, then DLR per target
     probes = cfg.adaptive_iter + max(2 * cfg.adaptive_iter, 20) + 6  # the attack-failure indicators
     hsj = images * cfg.decision_iter
+    arc = cfg.arc_iter * cfg.arc_draws if randomized and cfg.arc_draws > 1 else 0  # member steps
     return Work(
-        gradient=twice * (pgd + apgd) + probes,
-        forward=cfg.blackbox_iter,
+        gradient=twice * (pgd + apgd) + probes + arc / max(cfg.eot, 1),
+        forward=cfg.blackbox_iter + arc * (cfg.arc_draws + 1) + (cfg.arc_draws if arc else 0),
         decide_set=cfg.blackbox_iter + SCORED_CELLS,
         decide_batch=hsj,
         decide_one=hsj * HSJ_SINGLE_QUERIES,
@@ -112,7 +115,7 @@ def adaptive_work(cfg: EvalConfig, can_flag: bool, images: int) -> Work:
 def estimate(defense: Defense, x: torch.Tensor, y: torch.Tensor, cfg: EvalConfig) -> dict[str, Any]:
     """The timed passes, the work and the estimated seconds of ``defense``'s adaptive cells on ``x``."""
     times = time_passes(defense, x, y, cfg)
-    work = adaptive_work(cfg, defense.can_flag, len(x))
+    work = adaptive_work(cfg, defense.can_flag, len(x), defense.randomized)
     return {"seconds": round(work.seconds(times), 1), "passes": asdict(times), "work": asdict(work)}
 
 

@@ -254,6 +254,10 @@ class EvalConfig:
     # a query-only attacker on the served decisions (HopSkipJump; 0 iterations: no such cell)
     decision_iter: int = 10
     decision_evals: int = 200  # gradient-estimation queries per iteration
+    # ARC (Dbouk and Shanbhag 2022) on randomized defenses: ``arc_draws`` fixed draws of the defense's surrogate
+    # as its equally likely members, ``arc_iter`` sweeps over them of step eps / 4 (0 draws: no such cell)
+    arc_draws: int = 10
+    arc_iter: int = 20
     # the attack cascade (Croce and Hein 2020): APGD and the query-only attackers run only on the images no
     # earlier cell broke within the budget (the worst case per image is unchanged; ensdef.evaluation.cascade);
     # false: every attack on every image, each cell its own attack's figure
@@ -277,6 +281,8 @@ PER_DEFENSE = (
     "decision_iter",
     "decision_evals",
     "blackbox_iter",
+    "arc_draws",
+    "arc_iter",
 )
 
 

@@ -116,6 +116,7 @@ def test_the_worst_case_leads_and_is_no_better_than_any_attack_in_the_budget(eva
 CASCADED = (
     "adaptive/apgd-ce",
     "adaptive/apgd-dlr-targeted",
+    "adaptive/arc",
     "adaptive/square-decisions",
     "adaptive/hopskipjump-decisions",
 )
@@ -147,6 +148,9 @@ def test_the_cascade_attacks_exactly_the_images_no_earlier_cell_broke(evaluated)
             attacked.append(row[k]["attacked"])
             broken |= broke(row[k])
     assert 0 < sum(attacked) < n * len(attacked)  # some images attacked, some carried
+    # ARC on the randomized defenses only, with its budget
+    assert "adaptive/arc" in rep["rows"]["rls"] and "adaptive/arc" not in rep["rows"]["target"]
+    assert rep["rows"]["rls"]["adaptive/arc"]["draws"] == 3 and rep["rows"]["rls"]["adaptive/arc"]["sweeps"] == 2
 
 
 def test_a_store_with_only_the_target_and_baselines_evaluates(tiny_store, tmp_path: Path) -> None:

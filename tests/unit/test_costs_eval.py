@@ -25,6 +25,12 @@ def test_adaptive_work_counts_every_cells_passes() -> None:
     assert flagging.gradient == 2 * (40 + 400) + 36
     cut = adaptive_work(replace(cfg, apgd_targets=1, decision_iter=0), can_flag=False, images=100)
     assert cut.gradient == 40 + 200 + 36 and cut.decide_batch == cut.decide_one == 0
+    # ARC on a randomized defense, 10 draws x 20 sweeps = 200 member steps: 200 one-draw gradients (10 EOT
+    # gradients of 20 draws), 200 x 11 forwards (every member's expected accuracy after each step, and after
+    # each sweep) and 10 before the first
+    drawn = adaptive_work(replace(cfg, eot=20, arc_draws=10, arc_iter=20), False, 100, randomized=True)
+    assert drawn.gradient == plain.gradient + 10 and drawn.forward == 100 + 200 * 11 + 10
+    assert adaptive_work(replace(cfg, arc_draws=0), False, 100, randomized=True) == plain
     t = PassTimes(gradient=2.0, forward=0.5, decide_set=0.1, decide_batch=0.2, decide_one=0.01)
     w = Work(gradient=3, forward=4, decide_set=5, decide_batch=6, decide_one=7)
     assert w.seconds(t) == pytest.approx(3 * 2.0 + 4 * 0.5 + 5 * 0.1 + 6 * 0.2 + 7 * 0.01)
