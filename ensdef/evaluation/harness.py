@@ -48,11 +48,27 @@ from ensdef.types import Role
 log = logging.getLogger(__name__)
 
 
+SETTINGS_ADDED: dict[str, Any] = {"adversarial": None}
+"""Preset fields added since cached cells were first keyed, with the default that keeps the old behaviour:
+left out of the key while at that default, so that adding a field does not recompute every stored cell."""
+
+
 def defense_settings(preset: Preset) -> dict[str, Any]:
     """The preset's settings a defense can be built from (every section but the evaluation's, Tune's and the
     names): with the artifacts' digests they key a defense's cached cells, so that a changed noise level, team
     policy or sample count recomputes its cells instead of reading another defense's."""
-    return {k: v for k, v in to_plain(preset).items() if k not in ("name", "evaluation", "tune", "data_root")}
+    plain = {k: v for k, v in to_plain(preset).items() if k not in ("name", "evaluation", "tune", "data_root")}
+    return _without_added_defaults(plain)
+
+
+def _without_added_defaults(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {
+            k: _without_added_defaults(x) for k, x in v.items() if not (k in SETTINGS_ADDED and x == SETTINGS_ADDED[k])
+        }
+    if isinstance(v, list):
+        return [_without_added_defaults(x) for x in v]
+    return v
 
 
 CELL_FORMAT = 3  # cached cells of an older format are made again (2: one draw per batch in verification, modef, rls)

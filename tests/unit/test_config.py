@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from ensdef.config import from_mapping, to_plain
 from ensdef.errors import ConfigError
 from ensdef.evaluation.harness import defense_settings
 from ensdef.noise import NoiseKind
-from ensdef.presets import PRESET_DIR, Preset, TrainConfig, load_preset, merged
+from ensdef.presets import PRESET_DIR, AdversarialConfig, Preset, TrainConfig, load_preset, merged
 from ensdef.types import Optim
 
 
@@ -115,5 +116,11 @@ def test_cached_cells_key_on_the_defense_settings_not_on_the_evaluations() -> No
         replace(p, noisy_vote=replace(p.noisy_vote, sigma=0.25)),
         replace(p, modef=replace(p.modef, max_team=4)),
         replace(p, rls=replace(p.rls, n=5)),
+        replace(p, target=replace(p.target, train=replace(p.target.train, adversarial=AdversarialConfig()))),
     ):
         assert defense_settings(changed) != defense_settings(p)
+    # a field added since cells were first cached stays out of the key at its default: old cells still read
+    assert "adversarial" not in json.dumps(defense_settings(p))
+    assert defense_settings(p)["target"]["train"] == {
+        k: v for k, v in to_plain(p.target.train).items() if k != "adversarial"
+    }
