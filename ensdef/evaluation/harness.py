@@ -48,7 +48,7 @@ from ensdef.types import Role
 log = logging.getLogger(__name__)
 
 
-SETTINGS_ADDED: dict[str, Any] = {"adversarial": None}
+SETTINGS_ADDED: dict[str, Any] = {"adversarial": None, "kappa_eps": 0.0, "kappa_steps": 10}
 """Preset fields added since cached cells were first keyed, with the default that keeps the old behaviour:
 left out of the key while at that default, so that adding a field does not recompute every stored cell."""
 

@@ -169,6 +169,11 @@ class ModefConfig:
     on_disagree: OnDisagree = OnDisagree.REPAIR
     cross_layer: CrossLayerMode = CrossLayerMode.MANY_TO_MANY
     consensus: float = 0.5  # many-to-many: flagged unless more than this fraction of versions agree
+    # the kappa matrix of team selection on adversarial examples (diversity where it matters): 0 keeps MODEF's
+    # clean validation images; > 0 uses L-inf PGD examples of them at this budget, made on each verifier in turn
+    # (``kappa_steps`` steps of 2.5 eps / steps from the image), every verifier scored on all of them
+    kappa_eps: float = 0.0
+    kappa_steps: int = 10
 
 
 @dataclass(frozen=True)

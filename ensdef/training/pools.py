@@ -178,13 +178,15 @@ def _det_post(preset: Preset, data: Dataset, store: ArtifactStore, skip_existing
 
 def _teams_post(preset: Preset, data: Dataset, store: ArtifactStore, skip_existing: bool) -> dict[str, Any]:
     """MODEF's team selection over the stored verifiers; with ``skip_existing`` a saved selection (a tuned one
-    included) is kept while it names exactly the stored verifiers."""
-    from ensdef.training.selection import run_selection
+    included) is kept while it names exactly the stored verifiers and was scored on the images the preset asks
+    for (clean, or adversarial at the same budget)."""
+    from ensdef.training.selection import run_selection, scored_on
 
     stored = sorted(m.name for m in store.by_role(Role.VERIFIER))
     if skip_existing and store.has_json(TEAMS_ARTIFACT):
         saved = store.load_json(TEAMS_ARTIFACT)
-        if sorted(saved.get("members", ())) == stored:
+        same_images = saved.get("kappa_on") == scored_on(preset.modef).get("kappa_on")
+        if sorted(saved.get("members", ())) == stored and same_images:
             return {"kept": TEAMS_ARTIFACT, "verifiers": stored}
     run_selection(store, preset, data.val)
     return {"selected": TEAMS_ARTIFACT, "verifiers": stored}

@@ -1,6 +1,10 @@
-"""Run MODEF team selection on a store's verifier pool and save it as the ``teams-verifiers`` artifact."""
+"""Run MODEF team selection on a store's verifier pool and save it as the ``teams-verifiers`` artifact: on the
+validation images, as MODEF does, or on adversarial examples of them made on each verifier (``modef.kappa_eps``),
+so that the kappa that picks diverse teams measures how differently the members fail under attack."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -9,8 +13,10 @@ from ensdef.data import Split
 from ensdef.defenses.registry import load_role
 from ensdef.diversity.teams import TeamSelection, select_teams
 from ensdef.models.inference import predict
-from ensdef.presets import Preset
+from ensdef.models.layers import model_device
+from ensdef.presets import ModefConfig, Preset
 from ensdef.store import TEAMS_ARTIFACT, ArtifactStore
+from ensdef.training.adversarial import pgd_linf
 from ensdef.types import Role
 
 
@@ -19,20 +25,48 @@ def pool_probs(models: list[torch.nn.Module], split: Split) -> torch.Tensor:
     return torch.stack([F.softmax(predict(m, split.x), dim=1) for m in models])
 
 
+def selection_split(models: list[torch.nn.Module], split: Split, c: ModefConfig, batch_size: int = 256) -> Split:
+    """The images team selection scores the pool on: ``split`` itself, or with ``c.kappa_eps`` > 0 the L-inf
+    PGD examples of ``split`` made on each of ``models`` in turn (``[M * N, C, H, W]``, labels repeated), on
+    the models' device."""
+    if c.kappa_eps <= 0:
+        return split
+    step = 2.5 * c.kappa_eps / c.kappa_steps
+    out = []
+    for m in models:
+        dev = model_device(m, split.x.device)
+        for i in range(0, len(split), batch_size):
+            x, y = split.x[i : i + batch_size].to(dev), split.y[i : i + batch_size].to(dev)
+
+            def loss(z: torch.Tensor, m: torch.nn.Module = m, y: torch.Tensor = y) -> torch.Tensor:
+                return F.cross_entropy(m(z), y)
+
+            out.append(pgd_linf(loss, x, c.kappa_eps, step, c.kappa_steps, torch.zeros_like(x)).cpu())
+    return Split(torch.cat(out), split.y.repeat(len(models)))
+
+
 def run_selection(
     store: ArtifactStore, preset: Preset, split: Split, device: torch.device | str = "cpu"
 ) -> TeamSelection:
-    """Kappa matrix on ``split``'s negative examples, ranked list, Best-kappa team; saved to ``store``."""
+    """Kappa matrix on the negative examples of ``split`` (or of its adversarial examples,
+    :func:`selection_split`), ranked list, Best-kappa team; saved to ``store``."""
     names, models = load_role(store, Role.VERIFIER, torch.device(device))
     c = preset.modef
+    scored = selection_split(models, split, c)
     sel = select_teams(
         names,
-        pool_probs(models, split).numpy(),
-        split.y.numpy(),
+        pool_probs(models, scored).numpy(),
+        scored.y.numpy(),
         c.min_team,
         min(c.max_team, len(names)),
         c.kappa_threshold,
         c.policy,
     )
-    store.save_json(TEAMS_ARTIFACT, sel.to_json())
+    store.save_json(TEAMS_ARTIFACT, {**sel.to_json(), **scored_on(c)})
     return sel
+
+
+def scored_on(c: ModefConfig) -> dict[str, Any]:
+    """What a saved selection records of the images it was scored on: nothing for the clean validation images
+    (selections saved before the option read the same), the attack's budget for adversarial examples."""
+    return {"kappa_on": {"eps": c.kappa_eps, "steps": c.kappa_steps}} if c.kappa_eps > 0 else {}

@@ -23,7 +23,7 @@ from ensdef.diversity.teams import TeamSelection, select_teams
 from ensdef.evaluation.scoring import score
 from ensdef.presets import Preset, TeamSweepConfig
 from ensdef.store import TEAMS_ARTIFACT, TUNED, ArtifactStore
-from ensdef.training.selection import pool_probs
+from ensdef.training.selection import pool_probs, scored_on, selection_split
 from ensdef.types import CrossLayerMode, Role, TeamPolicy
 
 
@@ -54,14 +54,16 @@ def grid(cfg: TeamSweepConfig) -> list[TeamTrial]:
 
 @dataclass(frozen=True)
 class SweepData:
-    """Verifier probabilities ``[M, N, K]`` on the validation split (for kappa), the attacked validation
-    images (benign) and their transfer adversarial examples."""
+    """Verifier probabilities ``[M, N, K]`` on the validation split or its adversarial examples (for kappa,
+    :func:`~ensdef.training.selection.selection_split`), the attacked validation images (benign) and their
+    transfer adversarial examples."""
 
     names: tuple[str, ...]
     probs: np.ndarray
     y: np.ndarray
     benign: Split
     adversarial: Split
+    kappa_on: dict[str, Any]  # what the saved selection records of the images kappa was scored on
 
 
 def sweep_data(store: ArtifactStore, preset: Preset, data: Dataset, device: torch.device | str = "cpu") -> SweepData:
@@ -78,8 +80,9 @@ def sweep_data(store: ArtifactStore, preset: Preset, data: Dataset, device: torc
         return {"x": torch.from_numpy(run_attack(cfg.attack, clf, benign.x.numpy(), benign.y.numpy(), params))}
 
     adv = AttackCache(store).tensors("team-transfer", parts, make)["x"]
-    probs = pool_probs(verifiers, data.val).numpy()
-    return SweepData(tuple(names), probs, data.val.y.numpy(), benign, Split(adv, benign.y))
+    scored = selection_split(verifiers, data.val, preset.modef)  # kappa as ``ensdef train`` computes it
+    probs = pool_probs(verifiers, scored).numpy()
+    return SweepData(tuple(names), probs, scored.y.numpy(), benign, Split(adv, benign.y), scored_on(preset.modef))
 
 
 def selection(sd: SweepData, trial: TeamTrial) -> TeamSelection:
@@ -119,5 +122,6 @@ def score_trial(
 def save_winner(store: ArtifactStore, sd: SweepData, trial: TeamTrial, result: dict[str, Any]) -> TeamSelection:
     """Save the winning trial's selection as ``teams-verifiers`` with its ``tuned`` record."""
     sel = selection(sd, trial)
-    store.save_json(TEAMS_ARTIFACT, {**sel.to_json(), TUNED: {**trial.to_json(), "result": result}})
+    record = {**sel.to_json(), **sd.kappa_on, TUNED: {**trial.to_json(), "result": result}}
+    store.save_json(TEAMS_ARTIFACT, record)
     return sel

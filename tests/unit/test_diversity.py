@@ -66,3 +66,47 @@ def test_rank_teams_matches_brute_force() -> None:
     assert np.allclose(ranked.mean_kappa, [v for v, _ in brute])
     assert {ranked.team(i) for i in range(len(ranked))} == {t for _, t in brute}
     assert np.all(np.diff(ranked.mean_kappa) >= 0)
+
+
+def test_team_selection_can_score_kappa_on_each_verifiers_pgd_examples(random_store, mnist5k, tmp_path) -> None:
+    """``modef.kappa_eps``: the saved kappa matrix is the one of the verifiers' answers on PGD examples made
+    on each verifier in turn (made here independently with ART), and a resumed ``ensdef train`` selects again
+    when the saved selection was scored on other images."""
+    import shutil
+    from dataclasses import replace
+
+    import torch
+    from art.attacks.evasion import ProjectedGradientDescent
+
+    from ensdef.attacks.art_classifier import art_classifier
+    from ensdef.data import Dataset
+    from ensdef.store import TEAMS_ARTIFACT, ArtifactStore
+    from ensdef.training.pools import POST_STEPS, Pool
+    from ensdef.training.selection import run_selection
+    from ensdef.types import Role
+
+    src, preset = random_store
+    store = ArtifactStore(tmp_path / "store")
+    names = sorted(m.name for m in src.by_role(Role.VERIFIER))
+    for n in names:
+        shutil.copytree(f"{src.root}/{n}", f"{store.root}/{n}")
+    val = mnist5k.val.subset(range(40))
+    adv_preset = replace(preset, modef=replace(preset.modef, kappa_eps=0.3, kappa_steps=2, kappa_threshold=1.01))
+    run_selection(store, adv_preset, val)
+    saved = store.load_json(TEAMS_ARTIFACT)
+    models = [store.load_model(n)[0] for n in names]
+    xs = []
+    for m in models:
+        pgd = ProjectedGradientDescent(
+            art_classifier(m, mnist5k.shape, 10), eps=0.3, eps_step=0.375, max_iter=2, num_random_init=0,
+            batch_size=64, verbose=False,
+        )  # fmt: skip
+        xs.append(pgd.generate(val.x.numpy(), y=np.eye(10, dtype=np.float32)[val.y.numpy()]))
+    x = torch.from_numpy(np.concatenate(xs))
+    with torch.no_grad():
+        preds = np.stack([m(x).argmax(1).numpy() for m in models])
+    assert np.allclose(saved["kappa"], kappa_matrix(preds, np.tile(val.y.numpy(), len(models))), atol=1e-9)
+    assert saved["kappa_on"] == {"eps": 0.3, "steps": 2}
+    clean = Dataset("v", val, val, val, 10)  # the post step selects on ``data.val``
+    POST_STEPS[Pool.VERIFIERS].run(replace(adv_preset, modef=preset.modef), clean, store, True)
+    assert "kappa_on" not in store.load_json(TEAMS_ARTIFACT)  # clean images asked for: selected again
