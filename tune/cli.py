@@ -9,7 +9,7 @@ import dataclasses
 import sys
 from typing import Any
 
-from ensdef.cli.command import Command, Result, device_arg, preset_store, ray_args
+from ensdef.cli.command import Command, Result, device_arg, finetune_arg, preset_store, ray_args
 from ensdef.cli.library import POOL_NAMES
 from ensdef.errors import ConfigError
 
@@ -28,6 +28,7 @@ def _tune_args(p: argparse.ArgumentParser) -> None:
     _common(p)
     p.add_argument("--pool", default="all", choices=["all", *POOL_NAMES])
     p.add_argument("--sweep", action="store_true", help="ASHA search over the preset's tune.sweeps[pool]")
+    finetune_arg(p)
 
 
 def _teams_args(p: argparse.ArgumentParser) -> None:
@@ -45,6 +46,8 @@ def _setup(a: argparse.Namespace) -> tuple[Any, Any, Any]:
     preset = load_preset(a.preset)
     if a.data_root:
         preset = dataclasses.replace(preset, data_root=a.data_root)
+    if getattr(a, "finetune_from", None):
+        preset = dataclasses.replace(preset, finetune_from=a.finetune_from)
     connect(a.address, a.num_cpus)
     return preset, ArtifactStore(a.store), TuneRun(a.storage, a.name, a.gpu_as, not a.no_resume)
 

@@ -74,6 +74,14 @@ def data_args(p: argparse.ArgumentParser, download: bool = True) -> None:
         p.add_argument("--download", action="store_true", help="allow torchvision to download missing files")
 
 
+def finetune_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--finetune-from",
+        default=None,
+        help="a store whose members start each member of the same name (fine-tuning; the preset's finetune_from)",
+    )
+
+
 def device_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device", default="cpu", help="where members compute: cpu, cuda, cuda:N or auto (CUDA when present)"

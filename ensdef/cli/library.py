@@ -5,8 +5,9 @@ defense in process)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
-from ensdef.cli.command import Command, Result, command, data_args, device_arg, preset_store
+from ensdef.cli.command import Command, Result, command, data_args, device_arg, finetune_arg, preset_store
 from ensdef.config import to_plain
 from ensdef.registry import Registry
 
@@ -46,6 +47,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     preset_store(p)
     p.add_argument("--pool", default="all", choices=["all", *POOL_NAMES])
     p.add_argument("--skip-existing", action="store_true", help="keep members that verify and match the plan")
+    finetune_arg(p)
     data_args(p)
 
 
@@ -57,6 +59,8 @@ def _train(a: argparse.Namespace) -> Result:
     from ensdef.training.pools import Pool, train_pools
 
     preset = load_preset(a.preset)
+    if a.finetune_from:
+        preset = dataclasses.replace(preset, finetune_from=a.finetune_from)
     data = load_dataset(preset.dataset, a.data_root or preset.data_root, a.download)
     pools = list(Pool) if a.pool == "all" else [Pool(a.pool)]
     return train_pools(preset, data, ArtifactStore(a.store), pools, a.skip_existing), 0

@@ -57,7 +57,11 @@ def defense_settings(preset: Preset) -> dict[str, Any]:
     """The preset's settings a defense can be built from (every section but the evaluation's, Tune's and the
     names): with the artifacts' digests they key a defense's cached cells, so that a changed noise level, team
     policy or sample count recomputes its cells instead of reading another defense's."""
-    plain = {k: v for k, v in to_plain(preset).items() if k not in ("name", "evaluation", "tune", "data_root")}
+    plain = {
+        k: v
+        for k, v in to_plain(preset).items()
+        if k not in ("name", "evaluation", "tune", "data_root", "finetune_from")
+    }
     return _without_added_defaults(plain)
 
 

@@ -344,3 +344,6 @@ class Preset:
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     tune: TuneResources = field(default_factory=TuneResources)
     data_root: str | None = None
+    # fine-tuning: a store whose member of the same name (and architecture) each member starts from instead of
+    # its random initialisation (``ensdef.training.pools.finetuned``); None: every member from scratch
+    finetune_from: str | None = None

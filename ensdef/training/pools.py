@@ -73,6 +73,7 @@ class MemberPlan:
     noise: NoiseSpec | None = None  # autoencoders: the corruption trained against
     data: DataSlice | None = None  # None: the whole training split
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    source: str | None = None  # the store of the member ``extra["init"]`` names, when not the one trained into
 
 
 def _target(p: Preset) -> list[MemberPlan]:
@@ -209,7 +210,31 @@ reformers."""
 
 
 def plan_pool(preset: Preset, pool: Pool) -> list[MemberPlan]:
-    return PLANNERS[pool](preset)
+    plans = PLANNERS[pool](preset)
+    if preset.finetune_from and pool is not Pool.BASELINES:  # ART trains the baselines from scratch
+        return finetuned(plans, ArtifactStore(preset.finetune_from))
+    return plans
+
+
+def finetuned(plans: list[MemberPlan], source: ArtifactStore) -> list[MemberPlan]:
+    """``plans`` with each member that ``source`` holds under its name (same architecture and build) starting
+    from those weights: fine-tuning. The source member's sha256 joins the plan (and the manifest), so a store
+    trained from other weights is trained again. Plans with a warm start of their own, and members ``source``
+    does not hold, are left as they are; a ``source`` that holds no member at all is a :class:`ConfigError`."""
+    if not source.names():  # a mistyped path must not train everything from scratch silently
+        raise ConfigError(f"finetune_from: {source.root} holds no members")
+    out = []
+    for p in plans:
+        if "init" in p.extra or not source.exists(p.name):
+            out.append(p)
+            continue
+        m = source.manifest(p.name)
+        if m.architecture != p.architecture or m.extra.get("build_kwargs", {}) != p.extra.get("build_kwargs", {}):
+            out.append(p)
+            continue
+        init = {"name": p.name, "sha256": m.sha256}
+        out.append(dataclasses.replace(p, extra={**p.extra, "init": init}, source=source.root))
+    return out
 
 
 def _fit_classifier(
@@ -288,9 +313,10 @@ def _fitter(plan: MemberPlan) -> Fitter:
 
 
 def starts_from(plan: MemberPlan) -> str | None:
-    """The stored member ``plan`` is trained from (a warm start), or None when it starts from scratch."""
+    """The member of the same store ``plan`` is trained from (a warm start), or None when it starts from
+    scratch or from another store (fine-tuning)."""
     init = plan.extra.get("init")
-    return init["name"] if init else None
+    return init["name"] if init and plan.source is None else None
 
 
 def stages(plans: list[MemberPlan]) -> list[list[MemberPlan]]:
@@ -306,11 +332,15 @@ def _warm_start(model: nn.Module, plan: MemberPlan, store: ArtifactStore) -> Non
     trained with the config the plan names; raises :class:`NotTrained` when it is missing or was not."""
     init = plan.extra["init"]
     name = init["name"]
+    store = ArtifactStore(plan.source) if plan.source else store
     if not store.exists(name):
         raise NotTrained(f"{plan.name} starts from {name}, which is not in store {store.root}: train it first")
-    if _stored_train(store.manifest(name)) != from_mapping(TrainConfig, init["train"], f"{plan.name}.init"):
+    m = store.manifest(name)
+    if "sha256" in init and m.sha256 != init["sha256"]:
+        raise NotTrained(f"{plan.name} starts from {name} in {store.root}, which changed since it was planned")
+    if "train" in init and _stored_train(m) != from_mapping(TrainConfig, init["train"], f"{plan.name}.init"):
         raise NotTrained(f"{plan.name} starts from {name}, but the stored {name} was trained with another config")
-    model.load_state_dict(store.load_model(name)[0].state_dict())
+    model.load_state_dict(store.load_model(name)[0].state_dict())  # the hash is checked on loading
 
 
 def train_member(plan: MemberPlan, data: Dataset, store: ArtifactStore, on_epoch: EpochHook | None = None) -> Manifest:
@@ -319,7 +349,7 @@ def train_member(plan: MemberPlan, data: Dataset, store: ArtifactStore, on_epoch
     that starts from another member (a warm start) loads that one from ``store`` first."""
     with seeded(plan.train.seed):
         model = build(plan.architecture, data.shape, data.num_classes, **plan.extra.get("build_kwargs", {}))
-    if starts_from(plan):
+    if "init" in plan.extra:
         _warm_start(model, plan, store)
     train = plan.data.apply(data.train) if plan.data else data.train
     model, metrics, res = _fitter(plan)(plan, model, train, data, on_epoch)

@@ -11,12 +11,21 @@ import pytest
 import torch
 
 from ensdef.data import Dataset
-from ensdef.errors import NotTrained
+from ensdef.errors import ConfigError, NotTrained
 from ensdef.presets import Preset, load_preset
 from ensdef.store import ArtifactStore
 from ensdef.training.cost import planned_steps
-from ensdef.training.pools import TEMPNET_INIT, Pool, manifest_extra, plan_pool, stages, starts_from, train_member
-from ensdef.types import DataShare, Role
+from ensdef.training.pools import (
+    TEMPNET_INIT,
+    Pool,
+    manifest_extra,
+    plan_pool,
+    stages,
+    starts_from,
+    stored_as_planned,
+    train_member,
+)
+from ensdef.types import DataShare, Optim, Role
 from tests.conftest import FIXTURES
 
 
@@ -118,3 +127,29 @@ def test_a_member_trains_from_the_stored_init_and_refuses_a_missing_or_other_one
     )
     with pytest.raises(NotTrained, match="was trained with another config"):
         train_member(plan_pool(changed, Pool.TEMPNETS)[1], data, store)
+
+
+def test_members_finetune_from_their_namesakes_in_another_store(random_store, mnist5k: Dataset, tmp_path: Path) -> None:
+    """``finetune_from``: a member starts from the weights of its namesake in another store (SGD at rate 0
+    keeps them), the source's sha256 in its plan and manifest; warm starts and baselines keep their plans."""
+    src, p = random_store
+    frozen = dataclasses.replace(p.target.train, lr=0.0, optimizer=Optim.SGD)
+    p = dataclasses.replace(p, target=dataclasses.replace(p.target, train=frozen), finetune_from=src.root)
+    (plan,) = plan_pool(p, Pool.TARGET)
+    assert plan.extra["init"] == {"name": "target", "sha256": src.manifest("target").sha256}
+    assert plan.source == src.root and starts_from(plan) is None  # no Tune stage waits on another store
+    store = ArtifactStore(str(tmp_path))
+    stored = train_member(plan, _small(mnist5k), store)
+    for a, b in zip(src.load_model("target")[0].parameters(), store.load_model("target")[0].parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert stored.extra["init"] == plan.extra["init"] and stored_as_planned(store, plan)
+    assert not stored_as_planned(store, plan_pool(dataclasses.replace(p, finetune_from=None), Pool.TARGET)[0])
+    assert all("init" not in b.extra for b in plan_pool(p, Pool.BASELINES))
+    temps = plan_pool(p, Pool.TEMPNETS)  # the init is fine-tuned, the members still start from it
+    assert temps[0].name == TEMPNET_INIT and temps[0].source == src.root
+    assert {starts_from(t) for t in temps[1:]} == {TEMPNET_INIT}
+    moved = dataclasses.replace(plan, extra={**plan.extra, "init": {"name": "target", "sha256": "0" * 64}})
+    with pytest.raises(NotTrained, match="changed since it was planned"):
+        train_member(moved, _small(mnist5k), store)
+    with pytest.raises(ConfigError, match="holds no members"):
+        plan_pool(dataclasses.replace(p, finetune_from=str(tmp_path / "typo")), Pool.TARGET)
