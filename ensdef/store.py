@@ -211,6 +211,19 @@ class ArtifactStore:
             p.requires_grad_(False)
         return model.eval(), m
 
+    def copy_from(self, source: ArtifactStore, name: str) -> str:
+        """Copy artifact ``name`` from ``source``: a model (its weights checked against the manifest's sha256,
+        the manifest kept as it is) or a JSON artifact (checked against its hash). Returns ``model`` or
+        ``json``; raises :class:`NotTrained` when ``source`` has no such artifact."""
+        if source.exists(name):
+            m = source.manifest(name)
+            self._save_weights(source._verified_bytes(m), m)
+            return "model"
+        if source.has_json(name):
+            self.save_json(name, source.load_json(name))
+            return "json"
+        raise NotTrained(f"artifact {name!r} not found in store {source.root}")
+
     def verify(self, name: str) -> VerifyResult:
         try:
             self._verified_bytes(self.manifest(name))

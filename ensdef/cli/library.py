@@ -9,6 +9,7 @@ import dataclasses
 
 from ensdef.cli.command import Command, Result, command, data_args, device_arg, finetune_arg, preset_store
 from ensdef.config import to_plain
+from ensdef.errors import ConfigError
 from ensdef.registry import Registry
 
 COMMANDS: Registry[Command] = Registry("command")
@@ -98,6 +99,31 @@ def _list(a: argparse.Namespace) -> Result:
 
     store = ArtifactStore(a.store)
     return [to_plain(store.manifest(n)) for n in store.names()], 0
+
+
+def _copy_args(p: argparse.ArgumentParser) -> None:
+    preset_store(p)
+    p.add_argument("--from", dest="source", required=True, help="the store to copy from")
+    p.add_argument("names", nargs="*", help="artifacts to copy (models or JSON artifacts)")
+    p.add_argument("--pool", action="append", default=[], choices=POOL_NAMES, help="every member of a preset's pool")
+
+
+@command(COMMANDS, "artifacts copy", "copy artifacts from another store (hashes checked)", _copy_args)
+def _copy(a: argparse.Namespace) -> Result:
+    from ensdef.presets import load_preset
+    from ensdef.store import ArtifactStore
+    from ensdef.training.pools import POST_STEPS, Pool, plan_pool
+
+    names = list(a.names)
+    if a.pool:
+        preset = load_preset(a.preset)
+        for pool in map(Pool, a.pool):
+            names += [p.name for p in plan_pool(preset, pool)]
+            names += [POST_STEPS[pool].artifact] if pool in POST_STEPS else []
+    if not names:
+        raise ConfigError("name the artifacts to copy, or --pool")
+    store, source = ArtifactStore(a.store), ArtifactStore(a.source)
+    return [{"name": n, "kind": store.copy_from(source, n)} for n in names], 0
 
 
 def _import_args(p: argparse.ArgumentParser) -> None:

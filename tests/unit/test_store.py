@@ -12,6 +12,7 @@ from ensdef.models import build
 from ensdef.rng import make_generator, seeded
 from ensdef.store import ArtifactStore, Manifest
 from ensdef.types import Role
+from tests.conftest import FIXTURES
 
 
 def _save(store: ArtifactStore, name: str = "verifier-lenet") -> tuple[torch.nn.Module, Manifest]:
@@ -136,3 +137,31 @@ def test_import_rejects_a_model_with_the_wrong_output(tmp_path: Path) -> None:
     ts = tmp_path / "bad.ts"
     torch.jit.trace(bad, torch.rand(1, 1, 28, 28)).save(str(ts))
     assert main(["artifacts", "import", str(ts), "--store", str(tmp_path / "s")]) == 2
+
+
+def test_artifacts_copy_checks_hashes_and_copies_a_pool_with_its_selection(
+    random_store, tmp_path: Path, capsys
+) -> None:
+    src, _ = random_store
+    dst = tmp_path / "copy"
+    argv = ["artifacts", "copy", "--from", src.root, "--store", str(dst), "--preset", str(FIXTURES / "tiny.yaml")]
+    assert main([*argv, "--pool", "verifiers", "target", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    copied = ArtifactStore(dst)
+    assert {r["name"] for r in out} == {
+        "target",
+        "teams-verifiers",
+        *(n for n in src.names() if n.startswith("verifier-")),
+    }
+    for n in copied.names():
+        assert copied.manifest(n) == src.manifest(n) and copied.verify(n).ok
+    assert copied.load_json("teams-verifiers") == src.load_json("teams-verifiers")
+    bad = tmp_path / "bad"
+    _save(ArtifactStore(bad), "good")
+    data = bytearray((bad / "good" / "weights.pt").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (bad / "good" / "weights.pt").write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="sha256"):
+        copied.copy_from(ArtifactStore(bad), "good")
+    assert main(["artifacts", "copy", "--from", str(bad), "--store", str(dst), "missing"]) == 2
+    assert "not found" in capsys.readouterr().err
