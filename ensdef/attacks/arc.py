@@ -29,20 +29,28 @@ Member = Callable[[torch.Tensor], torch.Tensor]
 TINY = 1e-10
 
 
-def surrogate_draws(defense: Defense, draws: int, seed: int) -> list[Member]:
-    """``draws`` members: each the defense's surrogate with its own fixed draw of randomness (a generator
-    seeded anew from ``seed`` and the member's index on every call), so a member answers alike every time it
-    is asked, as one of the defense's possible instances."""
-    return [lambda z, s=seed * 1_000_003 + i: defense.surrogate(z, make_generator(s, z.device)) for i in range(draws)]
+Joint = Callable[[torch.Tensor], torch.Tensor]
+"""``x`` ``[B, ...]`` -> every member's output ``[M, B, K]`` at once (work the members share runs once)."""
 
 
-def expected_accuracy(members: Sequence[Member], alpha: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``[B]``: ``sum_i alpha_i [argmax f_i(x) = y]``, the randomized ensemble's chance of answering ``y``."""
+def surrogate_draws(defense: Defense, draws: int, seed: int) -> tuple[list[Member], Joint]:
+    """``draws`` members, each the defense's surrogate with its own fixed draw of randomness (a generator
+    seeded anew from ``seed`` and the member's index on every call, so a member answers alike every time it
+    is asked, as one of the defense's possible instances), and all of them at once through
+    ``defense.surrogate_many`` (equal to the members one by one)."""
+    seeds = [seed * 1_000_003 + i for i in range(draws)]
+    members: list[Member] = [lambda z, s=s: defense.surrogate(z, make_generator(s, z.device)) for s in seeds]
+    return members, lambda z: defense.surrogate_many(z, [make_generator(s, z.device) for s in seeds])
+
+
+def expected_accuracy(
+    members: Sequence[Member], alpha: torch.Tensor, x: torch.Tensor, y: torch.Tensor, joint: Joint | None = None
+) -> torch.Tensor:
+    """``[B]``: ``sum_i alpha_i [argmax f_i(x) = y]``, the randomized ensemble's chance of answering ``y``
+    (through ``joint`` when given)."""
     with torch.no_grad():
-        return sum(
-            (a * (f(x).argmax(1) == y).to(x.dtype) for f, a in zip(members, alpha.tolist(), strict=True)),
-            x.new_zeros(len(x)),
-        )
+        out = joint(x) if joint is not None else torch.stack([f(x) for f in members])  # [M, B, K]
+        return (alpha.to(x)[:, None] * (out.argmax(2) == y).to(x.dtype)).sum(0)
 
 
 def _flat_norm(v: torch.Tensor, p: float) -> torch.Tensor:
@@ -87,17 +95,19 @@ def arc(
     restarts: int = 1,
     g: torch.Generator | None = None,
     clip: tuple[float, float] = (0.0, 1.0),
+    joint: Joint | None = None,
 ) -> torch.Tensor:
     """ARC examples ``[B, ...]`` of ``x`` (true labels ``y`` ``[B]``) within L-inf ``eps`` and ``clip`` against
     the randomized ensemble of ``members`` drawn with probabilities ``alpha`` ``[M]``: ``steps`` sweeps over
     the members of step ``step_size``, each member's direction towards its nearest boundary among ``classes``
     wrong classes. The first restart starts at ``x``, later ones uniformly within ``eps / 2`` (drawn from
     ``g``); per image the example with the lowest expected accuracy is returned, and an example never has a
-    higher expected accuracy than ``x`` itself."""
+    higher expected accuracy than ``x`` itself. ``joint`` computes every member at once for the expected
+    accuracy (the members one by one without it)."""
     lo, hi = clip
     x, y = x.detach(), y.detach()
     order = torch.argsort(alpha, descending=True, stable=True).tolist()
-    best_acc = expected_accuracy(members, alpha, x, y)
+    best_acc = expected_accuracy(members, alpha, x, y, joint)
     best = torch.zeros_like(x)
     rho = 0.05 * eps
     for r in range(restarts):
@@ -105,7 +115,7 @@ def arc(
         if r and g is not None:
             delta = (rand_like(x, g) * 2 - 1) * eps / 2
         delta = (x + delta).clamp(lo, hi) - x
-        acc = expected_accuracy(members, alpha, x + delta, y)
+        acc = expected_accuracy(members, alpha, x + delta, y, joint)
         for _ in range(steps):
             local, local_acc = torch.zeros_like(x), acc.clone()
             for n, i in enumerate(order):
@@ -118,12 +128,12 @@ def arc(
                 cand = local + beta.view(-1, *([1] * (x.dim() - 1))) * step
                 cand = step_size * cand / (_flat_norm(cand, float("inf")) + TINY)
                 d = ((delta + cand).clamp(-eps, eps) + x).clamp(lo, hi) - x
-                new = expected_accuracy(members, alpha, x + d, y)
+                new = expected_accuracy(members, alpha, x + d, y, joint)
                 keep = new <= local_acc
                 local = torch.where(keep.view(-1, *([1] * (x.dim() - 1))), cand, local)
                 local_acc = torch.minimum(local_acc, new)
             d = ((delta + local).clamp(-eps, eps) + x).clamp(lo, hi) - x
-            new = expected_accuracy(members, alpha, x + d, y)
+            new = expected_accuracy(members, alpha, x + d, y, joint)
             keep = (new <= acc).view(-1, *([1] * (x.dim() - 1)))
             delta, acc = torch.where(keep, d, delta), torch.minimum(acc, new)
         better = (acc <= best_acc).view(-1, *([1] * (x.dim() - 1)))

@@ -142,11 +142,11 @@ class AdaptiveCells:
         parts = self._key(defense=name, attack="arc", **more)
 
         def run(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-            members = surrogate_draws(defense, c.arc_draws, c.seed + 29)
+            members, joint = surrogate_draws(defense, c.arc_draws, c.seed + 29)
             alpha = torch.full((c.arc_draws,), 1.0 / c.arc_draws)
             x, y = x.to(self.device), y.to(self.device)
-            steps, step = more["sweeps"], more["step_size"]
-            return arc(members, alpha, x, y, eps, step, steps, classes=1).cpu().numpy().astype(np.float32)
+            adv = arc(members, alpha, x, y, eps, more["step_size"], more["sweeps"], classes=1, joint=joint)
+            return adv.cpu().numpy().astype(np.float32)
 
         return self.cascaded(name, defense, "arc", parts, cascade, run, {"attack": "arc", **more})
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ensdef.attacks.arc import arc, expected_accuracy
+from ensdef.attacks.arc import arc, expected_accuracy, surrogate_draws
+from ensdef.defenses.registry import DEFENSES, build_defense
 from ensdef.rng import make_generator, seeded
 from ensdef.training.adversarial import pgd_linf
 
@@ -76,3 +77,26 @@ def test_arc_never_raises_the_expected_accuracy_and_restarts_replay() -> None:
     before, after = expected_accuracy(members, a, x, y), expected_accuracy(members, a, adv, y)
     assert bool((after <= before + 1e-6).all()) and after.sum() < before.sum()
     assert torch.equal(adv, arc(members, a, x, y, 0.3, 0.05, 5, classes=3, restarts=2, g=make_generator(4)))
+
+
+@pytest.mark.parametrize("name", sorted(DEFENSES))
+def test_arc_on_every_randomized_defense_draws_fixed_members_and_their_joint_pass_agrees(
+    random_store, mnist5k, name: str
+) -> None:
+    """A surrogate draw answers alike every time it is asked, ``surrogate_many`` gives the draws one by one
+    give, and ARC through either makes the same examples, inside the ball."""
+    store, preset = random_store
+    defense = build_defense(name, store, preset)
+    if not defense.randomized:
+        pytest.skip(f"{name} is deterministic: no ARC cell")
+    x, y = mnist5k.test.x[:4], mnist5k.test.y[:4]
+    members, joint = surrogate_draws(defense, 3, 5)
+    with torch.no_grad():
+        one_by_one = torch.stack([m(x) for m in members])
+        assert torch.allclose(one_by_one, torch.stack([m(x) for m in members]))
+        assert torch.allclose(joint(x), one_by_one, atol=1e-5)
+    a = torch.full((3,), 1 / 3)
+    adv = arc(members, a, x, y, 0.3, 0.075, 1, joint=joint)
+    assert torch.allclose(adv, arc(members, a, x, y, 0.3, 0.075, 1), atol=1e-6)
+    assert (adv - x).abs().max() <= 0.3 + 1e-6
+    assert bool((expected_accuracy(members, a, adv, y) <= expected_accuracy(members, a, x, y) + 1e-6).all())
