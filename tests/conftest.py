@@ -119,7 +119,11 @@ def ray_serve():
     http, grpc = free_ports()
     ports = {"http": http, "grpc": grpc, "metrics": free_port()}
     ingress = IngressMode.HAPROXY
-    start_local(2, ports["metrics"], env=ingress.env(http, grpc))
+    # Ray holds a stopping ingress replica open 30 s so that load balancers can deregister it (every app
+    # deletion or ingress redeploy waits that long); Serve's own HAProxy retries a refused connection, and the
+    # tests delete an app after each module: 2 s here
+    env = {**(ingress.env(http, grpc) or {}), "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
+    start_local(2, ports["metrics"], env=env)
     deploy_proxies("127.0.0.1", ports["http"], ports["grpc"])
     yield {**ports, "ingress": ingress}
     serve.shutdown()
