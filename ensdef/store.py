@@ -211,18 +211,21 @@ class ArtifactStore:
             p.requires_grad_(False)
         return model.eval(), m
 
-    def copy_from(self, source: ArtifactStore, name: str) -> str:
+    def copy_from(self, source: ArtifactStore, name: str) -> list[str]:
         """Copy artifact ``name`` from ``source``: a model (its weights checked against the manifest's sha256,
-        the manifest kept as it is) or a JSON artifact (checked against its hash). Returns ``model`` or
-        ``json``; raises :class:`NotTrained` when ``source`` has no such artifact."""
+        the manifest kept as it is) or a JSON artifact (checked against its hash) with every model of
+        ``source`` it names (a DeT list's cross-trained reformers). Returns the names copied; raises
+        :class:`NotTrained` when ``source`` has no such artifact."""
         if source.exists(name):
             m = source.manifest(name)
             self._save_weights(source._verified_bytes(m), m)
-            return "model"
-        if source.has_json(name):
-            self.save_json(name, source.load_json(name))
-            return "json"
-        raise NotTrained(f"artifact {name!r} not found in store {source.root}")
+            return [name]
+        if not source.has_json(name):
+            raise NotTrained(f"artifact {name!r} not found in store {source.root}")
+        payload = source.load_json(name)
+        self.save_json(name, payload)
+        named = sorted({v for v in _strings(payload) if v != name and source.exists(v)})
+        return [name, *(n for v in named for n in self.copy_from(source, v))]
 
     def verify(self, name: str) -> VerifyResult:
         try:
@@ -275,3 +278,15 @@ class ArtifactStore:
 
 def to_kwargs(m: Manifest) -> dict[str, Any]:
     return {f: getattr(m, f) for f in m.__dataclass_fields__}
+
+
+def _strings(v: Any) -> Iterator[str]:
+    """Every string inside a JSON value."""
+    if isinstance(v, str):
+        yield v
+    elif isinstance(v, dict):
+        for x in v.values():
+            yield from _strings(x)
+    elif isinstance(v, list):
+        for x in v:
+            yield from _strings(x)

@@ -123,7 +123,8 @@ def _copy(a: argparse.Namespace) -> Result:
     if not names:
         raise ConfigError("name the artifacts to copy, or --pool")
     store, source = ArtifactStore(a.store), ArtifactStore(a.source)
-    return [{"name": n, "kind": store.copy_from(source, n)} for n in names], 0
+    copied = [c for n in names for c in store.copy_from(source, n)]
+    return [{"name": n, "kind": "model" if store.exists(n) else "json"} for n in dict.fromkeys(copied)], 0
 
 
 def _import_args(p: argparse.ArgumentParser) -> None:

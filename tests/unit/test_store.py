@@ -156,6 +156,10 @@ def test_artifacts_copy_checks_hashes_and_copies_a_pool_with_its_selection(
     for n in copied.names():
         assert copied.manifest(n) == src.manifest(n) and copied.verify(n).ok
     assert copied.load_json("teams-verifiers") == src.load_json("teams-verifiers")
+    det = ArtifactStore(tmp_path / "det")  # a JSON artifact brings the models it names (DeT's reformer list)
+    listed = src.load_json("det-reformer-list")
+    assert det.copy_from(src, "det-reformer-list") == ["det-reformer-list", *sorted(listed["list"])]
+    assert all(det.verify(n).ok for n in listed["list"]) and det.load_json("det-reformer-list") == listed
     bad = tmp_path / "bad"
     _save(ArtifactStore(bad), "good")
     data = bytearray((bad / "good" / "weights.pt").read_bytes())
