@@ -8,15 +8,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from art.attacks.evasion import ProjectedGradientDescent
 
+from ensdef.attacks.art_classifier import art_classifier
 from ensdef.data import Split
 from ensdef.defenses.registry import load_role
 from ensdef.diversity.teams import TeamSelection, select_teams
 from ensdef.models.inference import predict
-from ensdef.models.layers import model_device
 from ensdef.presets import ModefConfig, Preset
 from ensdef.store import TEAMS_ARTIFACT, ArtifactStore
-from ensdef.training.adversarial import pgd_linf
 from ensdef.types import Role
 
 
@@ -25,23 +25,23 @@ def pool_probs(models: list[torch.nn.Module], split: Split) -> torch.Tensor:
     return torch.stack([F.softmax(predict(m, split.x), dim=1) for m in models])
 
 
-def selection_split(models: list[torch.nn.Module], split: Split, c: ModefConfig, batch_size: int = 256) -> Split:
+def selection_split(
+    models: list[torch.nn.Module], split: Split, c: ModefConfig, num_classes: int, batch_size: int = 256
+) -> Split:
     """The images team selection scores the pool on: ``split`` itself, or with ``c.kappa_eps`` > 0 the L-inf
-    PGD examples of ``split`` made on each of ``models`` in turn (``[M * N, C, H, W]``, labels repeated), on
-    the models' device."""
+    PGD examples of ``split`` (ART's, from the image, ``kappa_steps`` steps of 2.5 eps / steps) made on each
+    of ``models`` in turn: ``[M * N, C, H, W]``, labels repeated."""
     if c.kappa_eps <= 0:
         return split
-    step = 2.5 * c.kappa_eps / c.kappa_steps
+    step, shape = 2.5 * c.kappa_eps / c.kappa_steps, tuple(split.x.shape[1:])
     out = []
     for m in models:
-        dev = model_device(m, split.x.device)
-        for i in range(0, len(split), batch_size):
-            x, y = split.x[i : i + batch_size].to(dev), split.y[i : i + batch_size].to(dev)
-
-            def loss(z: torch.Tensor, m: torch.nn.Module = m, y: torch.Tensor = y) -> torch.Tensor:
-                return F.cross_entropy(m(z), y)
-
-            out.append(pgd_linf(loss, x, c.kappa_eps, step, c.kappa_steps, torch.zeros_like(x)).cpu())
+        clf = art_classifier(m, shape, num_classes)
+        pgd = ProjectedGradientDescent(
+            clf, eps=c.kappa_eps, eps_step=step, max_iter=c.kappa_steps, num_random_init=0, batch_size=batch_size,
+            verbose=False,
+        )  # fmt: skip
+        out.append(torch.from_numpy(pgd.generate(split.x.numpy(), y=split.y.numpy())))
     return Split(torch.cat(out), split.y.repeat(len(models)))
 
 
@@ -52,7 +52,7 @@ def run_selection(
     :func:`selection_split`), ranked list, Best-kappa team; saved to ``store``."""
     names, models = load_role(store, Role.VERIFIER, torch.device(device))
     c = preset.modef
-    scored = selection_split(models, split, c)
+    scored = selection_split(models, split, c, store.manifest(names[0]).num_classes)
     sel = select_teams(
         names,
         pool_probs(models, scored).numpy(),

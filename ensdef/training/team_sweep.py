@@ -80,7 +80,9 @@ def sweep_data(store: ArtifactStore, preset: Preset, data: Dataset, device: torc
         return {"x": torch.from_numpy(run_attack(cfg.attack, clf, benign.x.numpy(), benign.y.numpy(), params))}
 
     adv = AttackCache(store).tensors("team-transfer", parts, make)["x"]
-    scored = selection_split(verifiers, data.val, preset.modef)  # kappa as ``ensdef train`` computes it
+    scored = selection_split(
+        verifiers, data.val, preset.modef, data.num_classes
+    )  # kappa as ``ensdef train`` computes it
     probs = pool_probs(verifiers, scored).numpy()
     return SweepData(tuple(names), probs, scored.y.numpy(), benign, Split(adv, benign.y), scored_on(preset.modef))
 

@@ -70,17 +70,16 @@ def test_rank_teams_matches_brute_force() -> None:
 
 def test_team_selection_can_score_kappa_on_each_verifiers_pgd_examples(random_store, mnist5k, tmp_path) -> None:
     """``modef.kappa_eps``: the saved kappa matrix is the one of the verifiers' answers on PGD examples made
-    on each verifier in turn (made here independently with ART), and a resumed ``ensdef train`` selects again
-    when the saved selection was scored on other images."""
+    on each verifier in turn (made here independently with ensdef's PGD; the selection uses ART's), and a
+    resumed ``ensdef train`` selects again when the saved selection was scored on other images."""
     import shutil
     from dataclasses import replace
 
     import torch
-    from art.attacks.evasion import ProjectedGradientDescent
 
-    from ensdef.attacks.art_classifier import art_classifier
     from ensdef.data import Dataset
     from ensdef.store import TEAMS_ARTIFACT, ArtifactStore
+    from ensdef.training.adversarial import pgd_linf
     from ensdef.training.pools import POST_STEPS, Pool
     from ensdef.training.selection import run_selection
     from ensdef.types import Role
@@ -96,12 +95,9 @@ def test_team_selection_can_score_kappa_on_each_verifiers_pgd_examples(random_st
     saved = store.load_json(TEAMS_ARTIFACT)
     models = [store.load_model(n)[0] for n in names]
     xs = []
-    for m in models:
-        pgd = ProjectedGradientDescent(
-            art_classifier(m, mnist5k.shape, 10), eps=0.3, eps_step=0.375, max_iter=2, num_random_init=0,
-            batch_size=64, verbose=False,
-        )  # fmt: skip
-        xs.append(pgd.generate(val.x.numpy(), y=np.eye(10, dtype=np.float32)[val.y.numpy()]))
+    for m in models:  # independently: ensdef's own PGD (tests/unit/test_adversarial_training.py checks it)
+        loss = lambda z, m=m: torch.nn.functional.cross_entropy(m(z), val.y)  # noqa: E731
+        xs.append(pgd_linf(loss, val.x, 0.3, 0.375, 2, torch.zeros_like(val.x)).numpy())
     x = torch.from_numpy(np.concatenate(xs))
     with torch.no_grad():
         preds = np.stack([m(x).argmax(1).numpy() for m in models])
