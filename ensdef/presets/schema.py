@@ -26,7 +26,10 @@ from ensdef.types import (
 class AdversarialConfig:
     """Adversarial training at L-inf ``eps`` (``ensdef.training.adversarial``): every training batch is replaced
     by (PGD, FGSM-RS) or paired with (TRADES) examples of ``steps`` signed-gradient steps of ``step_size`` from
-    a random start, made on the model being trained (with its training noise and temperature). Early stopping
+    a random start, made on the model being trained (with its training noise and temperature); with ``ratio``
+    < 1 only that share of every batch is replaced and the rest stays clean (PGD, FGSM-RS: ART's
+    ``AdversarialTrainer`` ratio, half in Goodfellow, Shlens and Szegedy 2015, "Explaining and harnessing
+    adversarial examples", and in the MODEF baseline). Early stopping
     then keeps the epoch with the best accuracy under ``val_steps``-step PGD on the validation split (Rice,
     Wong and Kolter 2020, "Overfitting in adversarially robust deep learning"; 0: clean accuracy)."""
 
@@ -36,11 +39,16 @@ class AdversarialConfig:
     step_size: float = 0.1  # fgsm-rs: 1.25 eps (Wong et al.)
     beta: float = 6.0  # TRADES: weight of the KL term (Zhang et al.: 6 on MNIST and CIFAR-10)
     val_steps: int = 10
+    ratio: float = 1.0  # share of every batch replaced by examples (pgd, fgsm-rs); the rest stays clean
 
     def __post_init__(self) -> None:
         if self.eps <= 0 or self.step_size <= 0 or self.steps < 1 or self.val_steps < 0 or self.beta < 0:
             raise ConfigError(
                 "train.adversarial: eps and step_size must be > 0, steps >= 1, val_steps >= 0 and beta >= 0"
+            )
+        if not 0 < self.ratio <= 1 or (self.method is AdvMethod.TRADES and self.ratio != 1):
+            raise ConfigError(
+                f"train.adversarial: ratio must be in (0, 1] (1 for trades, which pairs every image), got {self.ratio}"
             )
         if self.method is AdvMethod.FGSM_RS and self.steps != 1:
             raise ConfigError(f"train.adversarial: fgsm-rs takes one step (steps: 1), got steps: {self.steps}")

@@ -12,6 +12,7 @@ ART's ``ProjectedGradientDescent`` step for step (a unit test compares the two f
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 
 import torch
@@ -22,7 +23,9 @@ from ensdef.presets import AdversarialConfig, AdvMethod
 from ensdef.rng import rand_like, randn_like
 
 LogProbs = Callable[[torch.Tensor], torch.Tensor]
-"""``x`` ``[B, C, H, W]`` -> log-probabilities ``[B, K]`` (differentiable in ``x``)."""
+"""``x`` ``[B, C, H, W]`` -> log-probabilities ``[B, K]`` (differentiable in ``x``); also takes the batch's first
+``n`` rows ``[n, C, H, W]`` alone (a ``ratio`` < 1 attacks only those), so whatever it adds per row (a noise
+draw) is indexed by the row's position in the batch."""
 
 Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``(log_probs [B, K], labels [B]) -> scalar`` loss, the loop's clean objective (e.g. ``F.nll_loss``)."""
@@ -114,12 +117,16 @@ def adversarial_loss(
     g: torch.Generator,
     criterion: Criterion = F.nll_loss,
 ) -> torch.Tensor:
-    """The training loss of one batch ``x`` ``[B, C, H, W]`` under ``cfg``: ``criterion`` on the examples
-    (PGD, FGSM-RS) or :func:`trades_loss` (TRADES), with ``model`` in its training mode."""
-    adv = examples(model, log_probs, x, y, cfg, g, criterion)
+    """The training loss of one batch ``x`` ``[B, C, H, W]`` under ``cfg``: :func:`trades_loss` (TRADES), or
+    ``criterion`` on the batch with its first ``ceil(cfg.ratio * B)`` rows replaced by examples (PGD, FGSM-RS;
+    batches come shuffled, so these are a random share as in ART's ``AdversarialTrainer``), with ``model`` in
+    its training mode."""
     if cfg.method is AdvMethod.TRADES:
+        adv = examples(model, log_probs, x, y, cfg, g, criterion)
         return trades_loss(log_probs(x), log_probs(adv), y, cfg.beta, criterion)
-    return criterion(log_probs(adv), y)
+    n = math.ceil(cfg.ratio * len(x))
+    adv = examples(model, log_probs, x[:n], y[:n], cfg, g, criterion)
+    return criterion(log_probs(torch.cat([adv, x[n:]])), y)
 
 
 def robust_accuracy(

@@ -40,8 +40,8 @@ def passes_per_step(plan: MemberPlan) -> float:
     """Forward and backward passes of the built model per optimisation step, relative to the one that
     :func:`step_seconds` times: an RLS network's forward runs its M sub-model paths but a training step
     samples K; PGD adversarial training adds ``adv_ratio x adv_max_iter`` attack passes; distillation trains a
-    teacher and then a student; ``train.adversarial`` multiplies by its attack steps plus the training pass
-    (TRADES: plus its clean pass)."""
+    teacher and then a student; ``train.adversarial`` multiplies by its attack steps on its ``ratio`` of the
+    batch plus the training pass (TRADES: every image, plus its clean pass)."""
     return _base_passes(plan) * _adversarial_passes(plan.train)
 
 
@@ -58,7 +58,9 @@ def _adversarial_passes(train: TrainConfig) -> float:
     adv = train.adversarial
     if adv is None:
         return 1.0
-    return 1.0 + adv.steps + (1.0 if adv.method is AdvMethod.TRADES else 0.0)
+    if adv.method is AdvMethod.TRADES:
+        return 2.0 + adv.steps
+    return 1.0 + adv.ratio * adv.steps
 
 
 def planned_steps(plan: MemberPlan, data: Dataset) -> int:

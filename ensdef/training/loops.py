@@ -151,8 +151,8 @@ def train_classifier(
         if cfg.noise_sigma > 0:  # the member answers noisy queries: the attacker's examples get the same draw
             noise = cfg.noise_sigma * randn_like(xb, g) * noisy_rows(xb, cfg.clean_fraction, g)
 
-        def log_probs(z: torch.Tensor) -> torch.Tensor:
-            return F.log_softmax(m(z + noise) / cfg.temperature, 1)
+        def log_probs(z: torch.Tensor) -> torch.Tensor:  # z: the batch or its first rows (train.adversarial.ratio)
+            return F.log_softmax(m(z + (noise if isinstance(noise, float) else noise[: len(z)])) / cfg.temperature, 1)
 
         if cfg.adversarial is None:
             return F.nll_loss(log_probs(xb), yb)

@@ -103,6 +103,37 @@ def test_every_method_stays_in_the_ball_and_raises_the_loss(mnist5k: Dataset, me
     assert loss.item() > 0 and all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
+@pytest.mark.parametrize("ratio", [0.5, 0.3])
+def test_a_ratio_replaces_only_the_first_share_of_the_batch(mnist5k: Dataset, ratio: float) -> None:
+    """ART's ratio: ceil(ratio x B) rows become PGD examples of those rows alone (the same examples an attack
+    on just them makes from the same draw), the rest stay clean, and the loss is over the whole batch."""
+    model = _model(mnist5k)
+    x, y = mnist5k.test.x[:20], mnist5k.test.y[:20]
+    cfg = AdversarialConfig(eps=0.3, steps=3, step_size=0.1, ratio=ratio)
+    seen: list[int] = []
+
+    def lp(z: torch.Tensor) -> torch.Tensor:
+        seen.append(len(z))
+        return F.log_softmax(model(z), 1)
+
+    loss = adversarial_loss(model, lp, x, y, cfg, make_generator(4))
+    n = int(np.ceil(ratio * 20))
+    assert set(seen[:-1]) == {n} and seen[-1] == 20, "the attack sees only the replaced rows"
+    adv = examples(model, lp, x[:n], y[:n], cfg, make_generator(4))
+    by_hand = F.cross_entropy(model(torch.cat([adv, x[n:]])), y)
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
+    assert loss.item() < adversarial_loss(model, lp, x, y, replace(cfg, ratio=1.0), make_generator(4)).item()
+
+
+def test_a_ratio_under_training_noise_attacks_the_rows_with_their_own_draws(mnist5k: Dataset) -> None:
+    """A noisy member's loop adds one noise draw per batch row; the attacked first rows keep theirs."""
+    train, val = mnist5k.train.subset(range(96)), mnist5k.val.subset(range(32))
+    adv = AdversarialConfig(eps=0.3, steps=2, step_size=0.15, ratio=0.5, val_steps=0)
+    cfg = TrainConfig(epochs=1, batch_size=40, noise_sigma=0.3, adversarial=adv, seed=3)
+    res = train_classifier(_model(mnist5k).train(), train, val, cfg)
+    assert res.epochs_run == 1 and 0.0 <= res.metrics["val_accuracy"] <= 1.0
+
+
 def test_rls_group_loss_under_attack_is_above_the_clean_group_loss(mnist5k: Dataset) -> None:
     with seeded(0):
         net = build("rls_vgg", mnist5k.shape, m=2).eval()
@@ -123,6 +154,9 @@ def test_the_option_parses_checks_and_keeps_old_manifests_as_planned() -> None:
         from_mapping(TrainConfig, {"adversarial": {"method": "fgsm-rs"}})
     with pytest.raises(ConfigError, match="eps and step_size"):
         AdversarialConfig(eps=0.0)
+    for bad in ({"ratio": 0.0}, {"ratio": 1.5}, {"method": "trades", "ratio": 0.5}):
+        with pytest.raises(ConfigError, match="ratio must be in"):
+            from_mapping(AdversarialConfig, bad)
     with pytest.raises(ConfigError):
         from_mapping(TrainConfig, {"adversarial": {"method": "free"}})
 

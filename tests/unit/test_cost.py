@@ -47,3 +47,5 @@ def test_passes_per_step_count_sampled_networks_and_attack_passes() -> None:
     assert passes_per_step(replace(rls, train=replace(rls.train, adversarial=pgd))) == 8 * p.rls.k / p.rls.m
     (target,) = plan_pool(p, Pool.TARGET)
     assert passes_per_step(replace(target, train=replace(target.train, adversarial=trades))) == 7.0
+    half = AdversarialConfig(steps=5, ratio=0.5)  # the attack runs on half of every batch
+    assert passes_per_step(replace(target, train=replace(target.train, adversarial=half))) == 3.5
