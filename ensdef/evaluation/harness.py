@@ -389,6 +389,7 @@ class Harness(AdaptiveCells):
             report.extra.get("unbounded"),
             worst,
             self.data.name,
+            robust_target=self.store.manifest("target").train_config.get("adversarial") is not None,
         )
         checks += indicator_checks(self.indicators, c.adaptive_attack)
         report.extra["indicators"] = self.indicators

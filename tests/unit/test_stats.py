@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from scipy.stats import beta
 
-from ensdef.evaluation.sanity import plausibility
+from ensdef.evaluation.sanity import plausibility, run_checks
 from ensdef.evaluation.stats import interval, mcnemar
 from ensdef.evaluation.worst_case import paired, worst_case
 
@@ -58,6 +58,9 @@ def test_paired_and_plausibility() -> None:
     assert not checks[("implausible", "x")].passed and checks[("implausible", "x")].severity == "warning"
     assert "0.963, Gowal et al. 2020" in checks[("implausible", "x")].detail
     assert checks[("implausible", "target")].passed
+    # an adversarially trained target is not undefended: only the record check judges it
+    robust = {(c.name, c.defense) for c in plausibility({"target": target}, "mnist5k", 0.01, robust_target=True)}
+    assert robust == {("implausible", "target")}
     # CIFAR-10 is judged at 8/255 against its own record: 0.80 there is suspect, 0.60 is not; at 0.3 on MNIST
     # terms the CIFAR budget is not reached by a 4/255 figure
     cifar = {"x": {**strong, "eps": 8 / 255, "robust": 0.8}, "y": {**strong, "eps": 8 / 255, "robust": 0.6}}
@@ -68,3 +71,11 @@ def test_paired_and_plausibility() -> None:
     w = {"a": {"per_image": {"robust": [True] * 8}}, "b": {"per_image": {"robust": [False] * 8}}, "c": None}
     (p,) = paired(w)
     assert (p["a"], p["b"], p["only_a"], p["only_b"]) == ("a", "b", 8, 0) and p["significant"]
+
+
+def test_the_target_must_fall_unless_it_was_adversarially_trained() -> None:
+    rows = {"target": {"adaptive/pgd": {"accuracy": 0.89, "eps": 0.3, "n": 100, "max_iter": 10, "eot": 1}}}
+    names = [(c.name, c.passed) for c in run_checks(rows, {"target": False}, "pgd", "square", None)]
+    assert ("target-pgd", False) in names
+    robust = run_checks(rows, {"target": False}, "pgd", "square", None, robust_target=True)
+    assert all(c.name != "target-pgd" for c in robust)
