@@ -99,6 +99,13 @@ class VerifierPool:
         return from_mapping(TrainConfig, {**to_plain(self.train), **ov}, f"verifiers.overrides.{architecture}")
 
 
+def _check_autoencoder_train(train: TrainConfig, section: str) -> None:
+    """Autoencoders train without labels: their adversarial examples ascend the reconstruction error (PGD,
+    FGSM-RS); TRADES' KL between class distributions has nothing to compare."""
+    if train.adversarial is not None and train.adversarial.method is AdvMethod.TRADES:
+        raise ConfigError(f"{section}.train.adversarial: autoencoders take pgd or fgsm-rs, not trades")
+
+
 @dataclass(frozen=True)
 class DenoiserMember:
     architecture: str
@@ -111,12 +118,18 @@ class DenoiserPool:
     members: tuple[DenoiserMember, ...]
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        _check_autoencoder_train(self.train, "denoisers")
+
 
 @dataclass(frozen=True)
 class ReformerPool:
     architectures: tuple[str, ...]
     noise_sigma: float = 0.1  # Gaussian noise the reformers are trained on (DeT)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        _check_autoencoder_train(self.train, "reformers")
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,10 @@
 better than free": one FGSM step from a random start) and Zhang et al. (2019, "Theoretically principled
 trade-off between robustness and accuracy": TRADES).
 
+Denoising autoencoders (denoisers, reformers) take the same budget without labels: the examples ascend the
+reconstruction error ``||D(x') - x||^2`` (the input the attacker can steer the furthest from the clean image)
+and the step minimises it on them beside the noisy images the member is trained on.
+
 The loops differ in what they train (a classifier's ``logits / T`` with its training noise, an RLS network's
 mean over K sampled paths), so the attack runs on a ``log_probs`` closure the loop builds: the attacker sees
 exactly the forward that the step minimises. ``pgd_linf`` takes its random start from the caller and follows
@@ -127,6 +131,33 @@ def adversarial_loss(
     n = math.ceil(cfg.ratio * len(x))
     adv = examples(model, log_probs, x[:n], y[:n], cfg, g, criterion)
     return criterion(log_probs(torch.cat([adv, x[n:]])), y)
+
+
+def reconstruction_examples(
+    model: nn.Module, x: torch.Tensor, cfg: AdversarialConfig, g: torch.Generator, steps: int | None = None
+) -> torch.Tensor:
+    """Examples ``[B, C, H, W]`` within ``cfg.eps`` of ``x`` that ascend the autoencoder's squared
+    reconstruction error ``||model(x') - x||^2``: ``steps`` (default ``cfg.steps``) signed-gradient steps of
+    ``cfg.step_size`` (with ``steps`` given: ``2.5 eps / steps``, as validation PGD) from a uniform start drawn
+    from ``g``; ``model`` in eval mode meanwhile. TRADES has no reconstruction analogue here (ConfigError at
+    preset load)."""
+    n_steps = cfg.steps if steps is None else steps
+    step = cfg.step_size if steps is None else 2.5 * cfg.eps / steps
+    with evaluating(model):
+        return pgd_linf(
+            lambda z: F.mse_loss(model(z), x, reduction="sum"), x, cfg.eps, step, n_steps, uniform_start(x, cfg.eps, g)
+        )
+
+
+def reconstruction_loss(
+    model: nn.Module, x: torch.Tensor, corrupted: torch.Tensor, cfg: AdversarialConfig, g: torch.Generator
+) -> torch.Tensor:
+    """Mean squared reconstruction error of one batch ``x`` ``[B, C, H, W]`` under ``cfg``: ``model``'s input is
+    ``corrupted`` (the training noise's draw on ``x``) with its first ``ceil(cfg.ratio * B)`` rows replaced by
+    :func:`reconstruction_examples` of those images; the target is ``x`` throughout."""
+    n = math.ceil(cfg.ratio * len(x))
+    adv = reconstruction_examples(model, x[:n], cfg, g)
+    return F.mse_loss(model(torch.cat([adv, corrupted[n:]])), x)
 
 
 def robust_accuracy(

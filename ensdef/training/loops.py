@@ -22,9 +22,15 @@ from ensdef.data import Split
 from ensdef.models.inference import accuracy, reconstruction_mse, resolve_device
 from ensdef.models.layers import model_device
 from ensdef.noise import NoiseSpec, corrupt
-from ensdef.presets import TrainConfig
+from ensdef.presets import AdversarialConfig, TrainConfig
 from ensdef.rng import make_generator, rand_like, randn_like, seeded
-from ensdef.training.adversarial import adversarial_loss, evaluating, robust_accuracy
+from ensdef.training.adversarial import (
+    adversarial_loss,
+    evaluating,
+    reconstruction_examples,
+    reconstruction_loss,
+    robust_accuracy,
+)
 from ensdef.types import Checkpoint, Optim
 
 log = logging.getLogger(__name__)
@@ -192,10 +198,47 @@ def train_autoencoder(
     desc: str = "autoencoder",
     on_epoch: EpochHook | None = None,
 ) -> TrainResult:
-    """Denoising objective ``||D(q(x)) - x||^2`` with ``q`` = ``noise``; early stopping on validation MSE."""
+    """Denoising objective ``||D(q(x)) - x||^2`` with ``q`` = ``noise``; with ``cfg.adversarial`` (PGD or
+    FGSM-RS), that share of every batch is replaced by inputs within its budget that ascend the reconstruction
+    error (``ensdef.training.adversarial.reconstruction_loss``). Early stopping on validation MSE: under noise,
+    mixed by ``ratio`` with the MSE on ``val_steps``-step examples when adversarial validation has steps."""
 
     def loss(m: nn.Module, xb: torch.Tensor, yb: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        return F.mse_loss(m(corrupt(xb, noise, g)), xb)
+        noisy = corrupt(xb, noise, g)
+        if cfg.adversarial is None:
+            return F.mse_loss(m(noisy), xb)
+        return reconstruction_loss(m, xb, noisy, cfg.adversarial, g)
 
-    res = fit(model, train, cfg, loss, lambda m: -reconstruction_mse(m, val, noise, cfg.seed), desc, on_epoch)
+    res = fit(model, train, cfg, loss, _val_mse(val, cfg, noise), desc, on_epoch)
     return TrainResult(res.model, {"val_mse": -res.metrics["val_score"]}, res.epochs_run, res.seconds)
+
+
+def _val_mse(val: Split, cfg: TrainConfig, noise: NoiseSpec) -> Callable[[nn.Module], float]:
+    """Minus the validation objective of an autoencoder: its MSE under one fixed draw of ``noise``; when
+    ``cfg.adversarial`` has validation steps, ``(1 - ratio)`` times that plus ``ratio`` times its MSE on
+    ``val_steps``-step examples (:func:`worst_reconstruction_mse`), the training objective's mix."""
+    adv = cfg.adversarial
+    if adv is None or adv.val_steps == 0:
+        return lambda m: -reconstruction_mse(m, val, noise, cfg.seed)
+
+    def score(m: nn.Module) -> float:
+        mse_adv = worst_reconstruction_mse(m, val, adv, cfg.seed + 3, adv.val_steps)
+        return -((1 - adv.ratio) * reconstruction_mse(m, val, noise, cfg.seed) + adv.ratio * mse_adv)
+
+    return score
+
+
+def worst_reconstruction_mse(
+    model: nn.Module, split: Split, cfg: AdversarialConfig, seed: int, steps: int = 10, batch_size: int = 500
+) -> float:
+    """Mean squared error per pixel of ``model`` on ``steps``-step PGD examples of ``split.x`` within
+    ``cfg.eps`` that ascend its reconstruction error (uniform starts from ``seed``), batch by batch on the
+    model's device; ``model``'s mode is restored."""
+    g, dev, sq = make_generator(seed), model_device(model), 0.0
+    with evaluating(model):
+        for i in range(0, len(split), batch_size):
+            x = split.x[i : i + batch_size].to(dev)
+            worst = reconstruction_examples(model, x, cfg, g, steps=steps)
+            with torch.no_grad():
+                sq += float(F.mse_loss(model(worst), x, reduction="sum"))
+    return sq / max(split.x.numel(), 1)

@@ -26,7 +26,7 @@ from ensdef.noise import NoiseKind, NoiseSpec
 from ensdef.presets import Preset, TrainConfig
 from ensdef.rng import make_generator, seeded
 from ensdef.store import DET_LIST_ARTIFACT, TEAMS_ARTIFACT, ArtifactStore, Manifest
-from ensdef.training.loops import EpochHook, TrainResult, train_autoencoder, train_classifier
+from ensdef.training.loops import EpochHook, TrainResult, train_autoencoder, train_classifier, worst_reconstruction_mse
 from ensdef.types import DataShare, GroupLossKind, Role
 
 log = logging.getLogger(__name__)
@@ -249,15 +249,14 @@ def _fit_autoencoder(
 ) -> tuple[nn.Module, dict, TrainResult]:
     assert plan.noise is not None, f"{plan.name}: autoencoders need a noise spec"
     res = train_autoencoder(model, train, data.val, plan.train, plan.noise, plan.name, on_epoch)
-    return (
-        res.model,
-        {
-            **res.metrics,
-            "test_mse_clean": reconstruction_mse(res.model, data.test),
-            "test_mse_noisy": reconstruction_mse(res.model, data.test, plan.noise, seed=1),
-        },
-        res,
-    )
+    metrics = {
+        **res.metrics,
+        "test_mse_clean": reconstruction_mse(res.model, data.test),
+        "test_mse_noisy": reconstruction_mse(res.model, data.test, plan.noise, seed=1),
+    }
+    if plan.train.adversarial is not None:  # how far an attacker within the budget can push the output
+        metrics["test_mse_worst"] = worst_reconstruction_mse(res.model, data.test, plan.train.adversarial, seed=1)
+    return res.model, metrics, res
 
 
 def _fit_rls(
