@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ensdef.models.layers import model_device
 from ensdef.presets import AdversarialConfig, AdvMethod
-from ensdef.rng import rand_like, randn_like
+from ensdef.rng import make_generator, rand_like, randn_like
 
 LogProbs = Callable[[torch.Tensor], torch.Tensor]
 """``x`` ``[B, C, H, W]`` -> log-probabilities ``[B, K]`` (differentiable in ``x``); also takes the batch's first
@@ -134,18 +135,15 @@ def adversarial_loss(
 
 
 def reconstruction_examples(
-    model: nn.Module, x: torch.Tensor, cfg: AdversarialConfig, g: torch.Generator, steps: int | None = None
+    model: nn.Module, x: torch.Tensor, eps: float, step_size: float, steps: int, g: torch.Generator
 ) -> torch.Tensor:
-    """Examples ``[B, C, H, W]`` within ``cfg.eps`` of ``x`` that ascend the autoencoder's squared
-    reconstruction error ``||model(x') - x||^2``: ``steps`` (default ``cfg.steps``) signed-gradient steps of
-    ``cfg.step_size`` (with ``steps`` given: ``2.5 eps / steps``, as validation PGD) from a uniform start drawn
-    from ``g``; ``model`` in eval mode meanwhile. TRADES has no reconstruction analogue here (ConfigError at
-    preset load)."""
-    n_steps = cfg.steps if steps is None else steps
-    step = cfg.step_size if steps is None else 2.5 * cfg.eps / steps
+    """Examples ``[B, C, H, W]`` within ``eps`` of ``x`` that ascend the autoencoder's squared reconstruction
+    error ``||model(x') - x||^2``: ``steps`` signed-gradient steps of ``step_size`` from a uniform start drawn
+    from ``g``, ``model`` in eval mode meanwhile. (TRADES has no reconstruction analogue: a ConfigError at
+    preset load.)"""
     with evaluating(model):
         return pgd_linf(
-            lambda z: F.mse_loss(model(z), x, reduction="sum"), x, cfg.eps, step, n_steps, uniform_start(x, cfg.eps, g)
+            lambda z: F.mse_loss(model(z), x, reduction="sum"), x, eps, step_size, steps, uniform_start(x, eps, g)
         )
 
 
@@ -156,7 +154,7 @@ def reconstruction_loss(
     ``corrupted`` (the training noise's draw on ``x``) with its first ``ceil(cfg.ratio * B)`` rows replaced by
     :func:`reconstruction_examples` of those images; the target is ``x`` throughout."""
     n = math.ceil(cfg.ratio * len(x))
-    adv = reconstruction_examples(model, x[:n], cfg, g)
+    adv = reconstruction_examples(model, x[:n], cfg.eps, cfg.step_size, cfg.steps, g)
     return F.mse_loss(model(torch.cat([adv, corrupted[n:]])), x)
 
 
@@ -188,3 +186,18 @@ def robust_accuracy(
         with torch.no_grad():
             correct += int((lp(xb).argmax(1) == yb).sum())
     return correct / max(len(x), 1)
+
+
+def worst_reconstruction_mse(
+    model: nn.Module, split_x: torch.Tensor, eps: float, seed: int, steps: int = 10, batch_size: int = 500
+) -> float:
+    """Mean squared error per pixel of ``model`` on ``steps``-step examples of ``split_x`` ``[N, C, H, W]``
+    within ``eps`` that ascend its reconstruction error (step ``2.5 eps / steps``, as :func:`robust_accuracy`'s
+    PGD; uniform starts from ``seed``), batch by batch on the model's device; ``model``'s mode is restored."""
+    g, dev, sq = make_generator(seed), model_device(model), 0.0
+    for i in range(0, len(split_x), batch_size):
+        x = split_x[i : i + batch_size].to(dev)
+        worst = reconstruction_examples(model, x, eps, 2.5 * eps / steps, steps, g)
+        with torch.no_grad(), evaluating(model):
+            sq += float(F.mse_loss(model(worst), x, reduction="sum"))
+    return sq / max(split_x.numel(), 1)

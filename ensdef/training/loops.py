@@ -22,14 +22,14 @@ from ensdef.data import Split
 from ensdef.models.inference import accuracy, reconstruction_mse, resolve_device
 from ensdef.models.layers import model_device
 from ensdef.noise import NoiseSpec, corrupt
-from ensdef.presets import AdversarialConfig, TrainConfig
+from ensdef.presets import TrainConfig
 from ensdef.rng import make_generator, rand_like, randn_like, seeded
 from ensdef.training.adversarial import (
     adversarial_loss,
     evaluating,
-    reconstruction_examples,
     reconstruction_loss,
     robust_accuracy,
+    worst_reconstruction_mse,
 )
 from ensdef.types import Checkpoint, Optim
 
@@ -222,23 +222,7 @@ def _val_mse(val: Split, cfg: TrainConfig, noise: NoiseSpec) -> Callable[[nn.Mod
         return lambda m: -reconstruction_mse(m, val, noise, cfg.seed)
 
     def score(m: nn.Module) -> float:
-        mse_adv = worst_reconstruction_mse(m, val, adv, cfg.seed + 3, adv.val_steps)
+        mse_adv = worst_reconstruction_mse(m, val.x, adv.eps, cfg.seed + 3, adv.val_steps)
         return -((1 - adv.ratio) * reconstruction_mse(m, val, noise, cfg.seed) + adv.ratio * mse_adv)
 
     return score
-
-
-def worst_reconstruction_mse(
-    model: nn.Module, split: Split, cfg: AdversarialConfig, seed: int, steps: int = 10, batch_size: int = 500
-) -> float:
-    """Mean squared error per pixel of ``model`` on ``steps``-step PGD examples of ``split.x`` within
-    ``cfg.eps`` that ascend its reconstruction error (uniform starts from ``seed``), batch by batch on the
-    model's device; ``model``'s mode is restored."""
-    g, dev, sq = make_generator(seed), model_device(model), 0.0
-    with evaluating(model):
-        for i in range(0, len(split), batch_size):
-            x = split.x[i : i + batch_size].to(dev)
-            worst = reconstruction_examples(model, x, cfg, g, steps=steps)
-            with torch.no_grad():
-                sq += float(F.mse_loss(model(worst), x, reduction="sum"))
-    return sq / max(split.x.numel(), 1)

@@ -26,7 +26,8 @@ from ensdef.noise import NoiseKind, NoiseSpec
 from ensdef.presets import Preset, TrainConfig
 from ensdef.rng import make_generator, seeded
 from ensdef.store import DET_LIST_ARTIFACT, TEAMS_ARTIFACT, ArtifactStore, Manifest
-from ensdef.training.loops import EpochHook, TrainResult, train_autoencoder, train_classifier, worst_reconstruction_mse
+from ensdef.training.adversarial import worst_reconstruction_mse
+from ensdef.training.loops import EpochHook, TrainResult, train_autoencoder, train_classifier
 from ensdef.types import DataShare, GroupLossKind, Role
 
 log = logging.getLogger(__name__)
@@ -255,7 +256,7 @@ def _fit_autoencoder(
         "test_mse_noisy": reconstruction_mse(res.model, data.test, plan.noise, seed=1),
     }
     if plan.train.adversarial is not None:  # how far an attacker within the budget can push the output
-        metrics["test_mse_worst"] = worst_reconstruction_mse(res.model, data.test, plan.train.adversarial, seed=1)
+        metrics["test_mse_worst"] = worst_reconstruction_mse(res.model, data.test.x, plan.train.adversarial.eps, seed=1)
     return res.model, metrics, res
 
 
