@@ -14,6 +14,8 @@
   pool), Serve's Python proxies with the same packing (``proxy/pool``), and every member inside the ingress
   replica reached directly (``direct/ingress``). Each layout gets its own local Ray (the ingress mode is fixed
   when Ray starts), one after the other;
+* Serve's own floor in each layout's ingress mode (``serve_floor.py``: a bare ingress, one handle hop, one
+  batched hop, at concurrency 1, no ensdef code), beside the defenses' latency (``--no-floor`` skips it);
 * peak memory (PSS) of the whole served stack (every Ray process), sampled throughout, overall and while each
   defense is measured; this driver's own peak apart.
 
@@ -46,6 +48,7 @@ import requests
 import torch
 import yaml
 from ray import serve
+from serve_floor import deploy_floor, floor_latency
 
 from deployments.launch import deploy, start_local
 from deployments.modes import IngressMode
@@ -146,16 +149,25 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="an environment variable of every replica (repeatable); default: deployments/serve.yaml's env_vars",
     )
+    ap.add_argument(
+        "--batch-wait-s",
+        type=float,
+        default=None,
+        help="member hosts' @serve.batch wait for more calls (default: serve.yaml's)",
+    )
     ap.add_argument("--host-calls", type=int, default=2, help="outstanding calls per member host (coalescing)")
     ap.add_argument("--member-replicas", type=int, default=1, help="replicas of every member host")
     ap.add_argument(
         "--member-threads", type=int, default=None, help="member hosts' torch threads (default: serve.yaml's)"
     )
+    ap.add_argument("--no-floor", action="store_true", help="skip Serve's latency floor (serve_floor.py)")
     ap.add_argument("--object-store-mb", type=int, default=1024, help="object store of the local Ray")
     a = ap.parse_args()
     shipped = yaml.safe_load(SERVE_YAML.read_text())["applications"][0]["args"]  # the small-machine config
     if a.member_threads is None:
         a.member_threads = shipped["members"]["threads"]
+    if a.batch_wait_s is None:
+        a.batch_wait_s = shipped["members"]["batch_wait_timeout_s"]
     env = dict(kv.split("=", 1) for kv in a.env) if a.env else dict(shipped["env_vars"])
     torch.set_num_threads(2)
     mem = PeakMemory()
@@ -210,6 +222,7 @@ def main() -> None:
                 "max_pass_images": a.max_pass_images,
                 "member_threads": a.member_threads,
                 "member_replicas": a.member_replicas,
+                "batch_wait_s": a.batch_wait_s,
                 "host_calls": a.host_calls,
                 "replica_env": env,
                 "member_num_cpus": 0.1,
@@ -219,6 +232,11 @@ def main() -> None:
                 "largest_at_peak": [(round(p / 2**20), c) for p, c in mem.top],
                 "inprocess_p50_ms": {k: round(1e3 * statistics.median(v[2]), 2) for k, v in inproc.items()},
                 "ratios": ratios,
+                "serve_floor_p50_ms": {
+                    lay: {path: f["p50_ms"] for path, f in out["serve_floor"].items()}
+                    for lay, out in report.items()
+                    if "serve_floor" in out
+                },
                 "layouts": report,
             },
             indent=2,
@@ -247,6 +265,7 @@ def serve_layout(
         "members": {
             "num_cpus": 0.1,
             "max_pass_images": a.max_pass_images,
+            "batch_wait_timeout_s": a.batch_wait_s,
             "threads": a.member_threads,
             "num_replicas": a.member_replicas,
         },
@@ -370,7 +389,8 @@ def serve_layout(
         print(json.dumps({"layout": f"{ingress.value}/{packing.value}", **rows[-1]}), flush=True)
     if grpc_client is not None:
         grpc_client.close()
-    return {"deploy_seconds": round(deploy_s, 1), "defenses": rows}
+    floor = {} if a.no_floor else {"serve_floor": floor_latency(deploy_floor(ingress, ep.http))}
+    return {"deploy_seconds": round(deploy_s, 1), **floor, "defenses": rows}
 
 
 if __name__ == "__main__":

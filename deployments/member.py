@@ -97,7 +97,7 @@ class MemberHost:
         self.batch_sizes = batch_size_histogram()
         log.info("member host %s on %s, %d torch threads", members, self.host.device, torch.get_num_threads())
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0)
     async def run(self, calls: list[list[list[Job]]]) -> list[list[list[torch.Tensor]]]:
         """One call carries the job lists of one or more requests (the router coalesces them); per call, per
         request, one result per job (on CPU). Jobs with the same member, op and path share a pass."""
