@@ -99,11 +99,11 @@ class VerifierPool:
         return from_mapping(TrainConfig, {**to_plain(self.train), **ov}, f"verifiers.overrides.{architecture}")
 
 
-def _check_autoencoder_train(train: TrainConfig, section: str) -> None:
+def _check_autoencoder_train(train: TrainConfig, where: str) -> None:
     """Autoencoders train without labels: their adversarial examples ascend the reconstruction error (PGD,
-    FGSM-RS); TRADES' KL between class distributions has nothing to compare."""
+    FGSM-RS); TRADES' KL between class distributions has nothing to compare. ``where``: the config's path."""
     if train.adversarial is not None and train.adversarial.method is AdvMethod.TRADES:
-        raise ConfigError(f"{section}.train.adversarial: autoencoders take pgd or fgsm-rs, not trades")
+        raise ConfigError(f"{where}.adversarial: autoencoders take pgd or fgsm-rs, not trades")
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ class DenoiserPool:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        _check_autoencoder_train(self.train, "denoisers")
+        _check_autoencoder_train(self.train, "denoisers.train")
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ class ReformerPool:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        _check_autoencoder_train(self.train, "reformers")
+        _check_autoencoder_train(self.train, "reformers.train")
 
 
 @dataclass(frozen=True)
@@ -176,6 +176,9 @@ class DeTConfig:
     cw_confidence: float = 0.0
     cw_max_iter: int = 50  # iterations of either attack
     l2_eps: float = 2.0  # pgd_l2 budget
+
+    def __post_init__(self) -> None:
+        _check_autoencoder_train(self.cross_train, "det.cross_train")
 
 
 @dataclass(frozen=True)

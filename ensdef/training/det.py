@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,9 +22,10 @@ from ensdef.config import to_plain
 from ensdef.data import Dataset, Split
 from ensdef.errors import ConfigError
 from ensdef.models.inference import accuracy, resolve_device
-from ensdef.presets import Preset, TrainConfig
+from ensdef.presets import AdversarialConfig, Preset, TrainConfig
 from ensdef.rng import make_generator, randn_like, seeded
 from ensdef.store import DET_LIST_ARTIFACT, ArtifactStore, Manifest, to_kwargs
+from ensdef.training.adversarial import reconstruction_examples
 from ensdef.training.loops import optimizer
 
 log = logging.getLogger(__name__)
@@ -31,14 +33,17 @@ log = logging.getLogger(__name__)
 
 def cross_train(pair: Sequence[nn.Module], train: Split, cfg: TrainConfig, noise: float) -> list[nn.Module]:
     """Algorithm 1 on copies of two trained reformers: ``R_b`` learns to clean ``R_a``'s reconstruction of
-    a noisy input and vice versa, each step updating only the second reformer of the chain."""
+    a noisy input and vice versa, each step updating only the second reformer of the chain. With
+    ``cfg.adversarial`` the first ``ceil(ratio * B)`` inputs of every step are instead examples within ``eps``
+    of the images that ascend the chain's reconstruction error ``||R_b(R_a(x')) - x||^2`` (what an attacker
+    who knows both does; :func:`~ensdef.training.adversarial.reconstruction_examples`)."""
     device = resolve_device(cfg.device)
     r = [copy.deepcopy(m).to(device).train() for m in pair]
     for m in r:
         for p in m.parameters():
             p.requires_grad_(True)
     opts = [optimizer(m, cfg) for m in r]
-    g = make_generator(cfg.seed)
+    g, adv = make_generator(cfg.seed), cfg.adversarial
     with seeded(cfg.seed, device):
         for _ in tqdm(range(cfg.epochs), desc="cross-train", leave=False, disable=None):
             order = torch.randperm(len(train), generator=g)
@@ -46,13 +51,29 @@ def cross_train(pair: Sequence[nn.Module], train: Split, cfg: TrainConfig, noise
                 x = train.x[order[i : i + cfg.batch_size]].to(device)
                 tempx = (x + noise * randn_like(x, g)).clamp(0, 1)
                 for first, second in ((0, 1), (1, 0)):
+                    inputs = tempx if adv is None else _with_chain_examples(r[first], r[second], x, tempx, adv, g)
                     with torch.no_grad():
-                        mid = r[first](tempx)
+                        mid = r[first](inputs)
                     loss = F.mse_loss(r[second](mid), x)
                     opts[second].zero_grad(set_to_none=True)
                     loss.backward()
                     opts[second].step()
     return [m.eval().cpu() for m in r]
+
+
+def _with_chain_examples(
+    first: nn.Module,
+    second: nn.Module,
+    x: torch.Tensor,
+    noisy: torch.Tensor,
+    adv: AdversarialConfig,
+    g: torch.Generator,
+) -> torch.Tensor:
+    """``noisy`` ``[B, C, H, W]`` with its first ``ceil(adv.ratio * B)`` rows replaced by examples of ``x`` that
+    ascend ``||second(first(x')) - x||^2``."""
+    n = math.ceil(adv.ratio * len(x))
+    chain = nn.Sequential(first, second)
+    return torch.cat([reconstruction_examples(chain, x[:n], adv.eps, adv.step_size, adv.steps, g), noisy[n:]])
 
 
 def _through(classifier: nn.Module, reformer: nn.Module, x: Split, num_classes: int):  # noqa: ANN202
@@ -137,6 +158,20 @@ def reconstructed_accuracy(classifier: nn.Module, reformer: nn.Module, split: Sp
     return accuracy(nn.Sequential(reformer, classifier), split)
 
 
+def cross_trained_as_planned(store: ArtifactStore, name: str, cross: TrainConfig) -> bool:
+    """A stored cross-trained reformer verifies, was trained with ``cross`` and from its base's current
+    weights (a retrained base or a changed ``det.cross_train`` makes it stale)."""
+    if not (store.exists(name) and store.verify(name).ok):
+        return False
+    m = store.manifest(name)
+    base = m.extra.get("base", "")
+    return (
+        m.train_config.get("cross_train") == to_plain(cross)
+        and store.exists(base)
+        and m.extra.get("base_sha256") == store.manifest(base).sha256
+    )
+
+
 def run_det_selection(
     preset: Preset, data: Dataset, store: ArtifactStore, base_names: list[str], skip_existing: bool = False
 ) -> dict[str, Any]:
@@ -149,7 +184,7 @@ def run_det_selection(
     pairs = []
     for i, j in itertools.combinations(range(len(base)), 2):
         pair_names = [f"{base_names[a]}~{base_names[b].removeprefix('reformer-')}" for a, b in ((i, j), (j, i))]
-        if skip_existing and all(store.exists(n) and store.verify(n).ok for n in pair_names):
+        if skip_existing and all(cross_trained_as_planned(store, n, cfg.cross_train) for n in pair_names):
             names += pair_names
             models += [store.load_model(n)[0] for n in pair_names]
             pairs.append((i, j, len(names) - 2, len(names) - 1))
@@ -168,7 +203,12 @@ def run_det_selection(
                         "code_version": "",
                         "created": "",
                         "train_config": {"cross_train": to_plain(cfg.cross_train), "base": to_plain(src.train_config)},
-                        "extra": {**src.extra, "base": base_names[a], "cross_trained_with": base_names[b]},
+                        "extra": {
+                            **src.extra,
+                            "base": base_names[a],
+                            "base_sha256": src.sha256,
+                            "cross_trained_with": base_names[b],
+                        },
                         "metrics": {"val_accuracy_through": reconstructed_accuracy(clf, model, data.val)},
                     }
                 ),
