@@ -3,7 +3,8 @@
 A second application (``floor``, route prefix ``/floor``) beside the served one, on the same Ray and through the
 same ingress mode: a bare FastAPI ingress replica that answers from the body alone (``/floor/bare``), the same
 with one deployment-handle call to an echo replica (``/floor/hop``: the pool layout's ingress-to-member hop),
-and with that replica batching through ``@serve.batch`` at the member hosts' wait (``/floor/batched``). Bodies
+and with that replica batching through ``@serve.batch`` (``/floor/batched``; the wait of the member hosts
+measured beside it, by default the shipped one). Bodies
 are the size of a one-image request. :func:`floor_latency` gives the p50 and p99 of each at concurrency 1, so
 the served defenses' latency can be read against what Serve itself costs for the same path.
 
@@ -42,7 +43,10 @@ class Echo:
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1})
 class BatchedEcho:
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=MemberOptions.batch_wait_timeout_s)
+    def __init__(self, wait_s: float) -> None:
+        self.run.set_batch_wait_timeout_s(wait_s)
+
+    @serve.batch(max_batch_size=64)
     async def run(self, bodies: list[bytes]) -> list[int]:
         return [len(b) for b in bodies]
 
@@ -66,10 +70,10 @@ class Floor:
         return {"n": await self.batched.run.remote(await request.body())}
 
 
-def deploy_floor(ingress: IngressMode, http_base: str) -> str:
-    """Deploy the floor application on the running Serve; its base URL (with direct ingress, its own replica's
-    port on the host of ``http_base``)."""
-    serve.run(Floor.bind(Echo.bind(), BatchedEcho.bind()), name=APP, route_prefix=PREFIX, blocking=False)
+def deploy_floor(ingress: IngressMode, http_base: str, batch_wait_s: float) -> str:
+    """Deploy the floor application on the running Serve (its batching echo waits ``batch_wait_s`` for more
+    calls); its base URL (with direct ingress, its own replica's port on the host of ``http_base``)."""
+    serve.run(Floor.bind(Echo.bind(), BatchedEcho.bind(batch_wait_s)), name=APP, route_prefix=PREFIX, blocking=False)
     deadline = time.monotonic() + 120
     while serve.status().applications[APP].status != "RUNNING":
         if time.monotonic() > deadline:
@@ -109,6 +113,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--modes", default=",".join(m.value for m in IngressMode))
     ap.add_argument("--requests", type=int, default=200, help="requests per path")
+    ap.add_argument(
+        "--batch-wait-s", type=float, default=MemberOptions.batch_wait_timeout_s, help="the batching echo's wait"
+    )
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="Ray's environment (repeatable)")
     a = ap.parse_args()
     extra = dict(kv.split("=", 1) for kv in a.env)
@@ -119,11 +126,13 @@ def main() -> None:
         try:
             shift = PORT_SPAN if mode is IngressMode.DIRECT else 0
             deploy_proxies("127.0.0.1", http_port + shift, grpc_port + shift)
-            report[mode.value] = floor_latency(deploy_floor(mode, f"http://127.0.0.1:{http_port}"), a.requests)
+            report[mode.value] = floor_latency(
+                deploy_floor(mode, f"http://127.0.0.1:{http_port}", a.batch_wait_s), a.requests
+            )
         finally:
             serve.shutdown()
             ray.shutdown()
-    print(json.dumps({"env": extra, "floor": report}, indent=2))
+    print(json.dumps({"env": extra, "batch_wait_s": a.batch_wait_s, "floor": report}, indent=2))
 
 
 if __name__ == "__main__":

@@ -389,7 +389,7 @@ def serve_layout(
         print(json.dumps({"layout": f"{ingress.value}/{packing.value}", **rows[-1]}), flush=True)
     if grpc_client is not None:
         grpc_client.close()
-    floor = {} if a.no_floor else {"serve_floor": floor_latency(deploy_floor(ingress, ep.http))}
+    floor = {} if a.no_floor else {"serve_floor": floor_latency(deploy_floor(ingress, ep.http, a.batch_wait_s))}
     return {"deploy_seconds": round(deploy_s, 1), **floor, "defenses": rows}
 
 

@@ -153,9 +153,17 @@ def reconstruction_loss(
     """Mean squared reconstruction error of one batch ``x`` ``[B, C, H, W]`` under ``cfg``: ``model``'s input is
     ``corrupted`` (the training noise's draw on ``x``) with its first ``ceil(cfg.ratio * B)`` rows replaced by
     :func:`reconstruction_examples` of those images; the target is ``x`` throughout."""
+    return F.mse_loss(model(reconstruction_inputs(model, x, corrupted, cfg, g)), x)
+
+
+def reconstruction_inputs(
+    model: nn.Module, x: torch.Tensor, corrupted: torch.Tensor, cfg: AdversarialConfig, g: torch.Generator
+) -> torch.Tensor:
+    """``corrupted`` ``[B, C, H, W]`` with its first ``ceil(cfg.ratio * B)`` rows replaced by
+    :func:`reconstruction_examples` of those images of ``x`` against ``model`` (an autoencoder, or a chain of
+    them as in DeT's cross-training)."""
     n = math.ceil(cfg.ratio * len(x))
-    adv = reconstruction_examples(model, x[:n], cfg.eps, cfg.step_size, cfg.steps, g)
-    return F.mse_loss(model(torch.cat([adv, corrupted[n:]])), x)
+    return torch.cat([reconstruction_examples(model, x[:n], cfg.eps, cfg.step_size, cfg.steps, g), corrupted[n:]])
 
 
 def robust_accuracy(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,10 +21,10 @@ from ensdef.config import to_plain
 from ensdef.data import Dataset, Split
 from ensdef.errors import ConfigError
 from ensdef.models.inference import accuracy, resolve_device
-from ensdef.presets import AdversarialConfig, Preset, TrainConfig
+from ensdef.presets import Preset, TrainConfig
 from ensdef.rng import make_generator, randn_like, seeded
 from ensdef.store import DET_LIST_ARTIFACT, ArtifactStore, Manifest, to_kwargs
-from ensdef.training.adversarial import reconstruction_examples
+from ensdef.training.adversarial import reconstruction_inputs
 from ensdef.training.loops import optimizer
 
 log = logging.getLogger(__name__)
@@ -36,7 +35,7 @@ def cross_train(pair: Sequence[nn.Module], train: Split, cfg: TrainConfig, noise
     a noisy input and vice versa, each step updating only the second reformer of the chain. With
     ``cfg.adversarial`` the first ``ceil(ratio * B)`` inputs of every step are instead examples within ``eps``
     of the images that ascend the chain's reconstruction error ``||R_b(R_a(x')) - x||^2`` (what an attacker
-    who knows both does; :func:`~ensdef.training.adversarial.reconstruction_examples`)."""
+    who knows both does; :func:`~ensdef.training.adversarial.reconstruction_inputs`)."""
     device = resolve_device(cfg.device)
     r = [copy.deepcopy(m).to(device).train() for m in pair]
     for m in r:
@@ -51,7 +50,9 @@ def cross_train(pair: Sequence[nn.Module], train: Split, cfg: TrainConfig, noise
                 x = train.x[order[i : i + cfg.batch_size]].to(device)
                 tempx = (x + noise * randn_like(x, g)).clamp(0, 1)
                 for first, second in ((0, 1), (1, 0)):
-                    inputs = tempx if adv is None else _with_chain_examples(r[first], r[second], x, tempx, adv, g)
+                    inputs = tempx  # with adv: examples against the chain first -> second on the ratio share
+                    if adv is not None:
+                        inputs = reconstruction_inputs(nn.Sequential(r[first], r[second]), x, tempx, adv, g)
                     with torch.no_grad():
                         mid = r[first](inputs)
                     loss = F.mse_loss(r[second](mid), x)
@@ -59,21 +60,6 @@ def cross_train(pair: Sequence[nn.Module], train: Split, cfg: TrainConfig, noise
                     loss.backward()
                     opts[second].step()
     return [m.eval().cpu() for m in r]
-
-
-def _with_chain_examples(
-    first: nn.Module,
-    second: nn.Module,
-    x: torch.Tensor,
-    noisy: torch.Tensor,
-    adv: AdversarialConfig,
-    g: torch.Generator,
-) -> torch.Tensor:
-    """``noisy`` ``[B, C, H, W]`` with its first ``ceil(adv.ratio * B)`` rows replaced by examples of ``x`` that
-    ascend ``||second(first(x')) - x||^2``."""
-    n = math.ceil(adv.ratio * len(x))
-    chain = nn.Sequential(first, second)
-    return torch.cat([reconstruction_examples(chain, x[:n], adv.eps, adv.step_size, adv.steps, g), noisy[n:]])
 
 
 def _through(classifier: nn.Module, reformer: nn.Module, x: Split, num_classes: int):  # noqa: ANN202
