@@ -16,6 +16,7 @@ for CIFAR-10; on MNIST digits pixel distances already separate attack streams fr
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -99,7 +100,7 @@ class StatefulDetector:
         in order, then remember them. Guarantees: each image is compared only with earlier queries of the same
         client younger than ``ttl_s``; after a detection, later images see only the queries after it."""
         st = self._state(name)
-        e = ENCODERS[self.spec.encoding](x.detach().float().cpu().numpy()).astype(np.float32)
+        e = np.asarray(ENCODERS[self.spec.encoding](x.detach().float().cpu().numpy()), np.float32)
         scores = np.full(len(e), np.inf)
         detected = np.zeros(len(e), dtype=bool)
         start = 0
@@ -132,19 +133,23 @@ class StatefulDetector:
 
     def _scores(self, st: ClientState, e: np.ndarray, now: float) -> np.ndarray:
         """Mean distance of each row of ``e`` [n, D] to its k nearest among the live memory and earlier rows.
-        Squared distances (the memory's norms kept since it was written) until the k nearest are chosen."""
+        Squared distances (the memory's norms kept since it was written) until the k nearest are chosen. In
+        torch, not numpy: in a process that also runs models, numpy's BLAS threads and torch's OpenMP threads
+        spun against each other (6 times slower), and numpy converts float16 without vector instructions
+        (0.3 ms per 1,000 remembered queries, a third of a 64-image request's detection)."""
         live = st.times > now - self.spec.ttl_s
         n, m, k = len(e), int(live.sum()) if st.vectors.shape[1] else 0, self.spec.k
         if m + n < k:
             return np.full(n, np.inf)
-        norms = np.einsum("ij,ij->i", e, e)
-        d = np.empty((n, m + n), np.float32)
+        et = torch.from_numpy(e)
+        norms = et.square().sum(1)
+        own = _squared_distances(et, norms, et, norms).masked_fill_(torch.ones(n, n, dtype=torch.bool).triu(), math.inf)
+        d = own  # only earlier images of the request
         if m:
-            _squared_distances(e, norms, st.vectors[live].astype(np.float32), st.norms[live], out=d[:, :m])
-        _squared_distances(e, norms, e, norms, out=d[:, m:])
-        i = np.arange(n)
-        d[:, m:][i[:, None] <= i[None, :]] = np.inf  # only earlier images of the request
-        nearest = np.partition(d, k - 1, axis=1)[:, :k]
+            full = m == len(live)
+            vectors = torch.from_numpy(st.vectors if full else st.vectors[live]).float()
+            d = torch.cat([_squared_distances(et, norms, vectors, torch.from_numpy(st.norms[live])), own], 1)
+        nearest = np.partition(d.numpy(), k - 1, axis=1)[:, :k]  # numpy's partition: twice torch's topk's speed
         return np.sqrt(nearest).mean(axis=1)  # inf where fewer than k neighbours exist
 
     def _remember(self, st: ClientState, e: np.ndarray, now: float) -> None:
@@ -159,18 +164,11 @@ class StatefulDetector:
             st.times = np.concatenate([st.times, np.full(cap - len(st.times), -np.inf)])
         slots = (st.pos + np.arange(len(e))) % len(st.times)
         st.vectors[slots], st.times[slots] = e, now
-        stored = st.vectors[slots].astype(np.float32)
-        st.norms[slots] = np.einsum("ij,ij->i", stored, stored)
+        st.norms[slots] = torch.from_numpy(st.vectors[slots]).float().square().sum(1).numpy()
         st.pos = int(slots[-1]) + 1
 
 
-def _squared_distances(
-    a: np.ndarray, a_norms: np.ndarray, b: np.ndarray, b_norms: np.ndarray, out: np.ndarray
-) -> np.ndarray:
-    """Squared Euclidean distances ``[len(a), len(b)]`` into ``out`` (float32, clipped at 0 against rounding),
-    from the rows' squared norms."""
-    np.matmul(a, b.T, out=out)
-    out *= -2
-    out += a_norms[:, None]
-    out += b_norms[None, :]
-    return np.maximum(out, 0, out=out)
+def _squared_distances(a: torch.Tensor, a_norms: torch.Tensor, b: torch.Tensor, b_norms: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances ``[len(a), len(b)]`` (float32, clipped at 0 against rounding), from the
+    rows' squared norms."""
+    return (a @ b.T).mul_(-2).add_(a_norms[:, None]).add_(b_norms[None, :]).clamp_(min=0)

@@ -18,7 +18,21 @@ from ensdef.errors import InvalidInput
 _STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
 _STEP = np.zeros(256, np.int8)  # byte -> +1 opens a container, -1 closes one, 0 otherwise
 _STEP[np.frombuffer(b"[{", np.uint8)], _STEP[np.frombuffer(b"]}", np.uint8)] = 1, -1
+FAST_QUOTES = 64  # a request has a handful of strings: its keys and at most one base64 payload
 MAX_NUMBER_CHARS = 32  # "-0.12345678901234567890123e-300" and the like; a pixel needs far fewer
+
+
+def without_strings(raw: bytes) -> bytes:
+    """``raw`` with every string literal replaced by ``""`` (an unclosed quote is left as it is). Without a
+    backslash no quote is escaped, so quotes alternate opening and closing and splitting at them is exact: C
+    speed over a base64 payload, where the regex took 1 ms per 64-image request. With backslashes, an odd
+    number of quotes or more than :data:`FAST_QUOTES` of them, the regex (a split would build one object per
+    string)."""
+    if b"\\" not in raw and raw.count(b'"') <= FAST_QUOTES:
+        parts = raw.split(b'"')
+        if len(parts) % 2:
+            return b'""'.join(parts[0::2])
+    return _STRING.sub(b'""', raw)
 
 
 def _short(text: str) -> str:
@@ -44,7 +58,7 @@ def loads_bounded(raw: bytes, max_depth: int, max_containers: int, max_values: i
     ``max_containers`` lists and objects and separates at most ``max_values`` values, and no number has more
     than :data:`MAX_NUMBER_CHARS` characters. Raises :class:`InvalidInput` otherwise or when the
     body is not JSON."""
-    bare = np.frombuffer(_STRING.sub(b'""', raw), np.uint8)
+    bare = np.frombuffer(without_strings(raw), np.uint8)
     step = _STEP[bare]
     depth = np.cumsum(step, dtype=np.int64)
     if len(depth) and (depth.min() < 0 or depth[-1] != 0):
