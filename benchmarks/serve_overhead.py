@@ -5,8 +5,10 @@
   ``--seconds``, against the in-process batched ``decide`` of batches of the same size (at least 32 images),
   also sustained for ``--seconds``. In-process is measured twice, on the quiet machine before Ray starts and
   again right after the defense's served runs, and the faster of the two is the reference (the ratio can
-  only err low). HTTP bodies are base64 ``.npy`` (``--wire json`` sends nested lists), encoded before the
-  clock starts and sent by asyncio clients (aiohttp) over keep-alive connections;
+  only err low). HTTP bodies are base64 ``.npy`` (``--wire json`` sends nested lists) and gRPC requests
+  tensor bytes, encoded before the clock starts and sent by asyncio clients on one event loop (aiohttp over
+  keep-alive connections, ``grpc.aio`` on one channel), the cheapest load generator Python offers: on two
+  cores every cycle the clients spend is taken from the service;
 * the member hosts' threads and environment default to ``deployments/serve.yaml`` (the small-machine config);
 * latency: HTTP p50 / p99 at concurrency 1 against in-process single-image ``decide``;
 * layouts side by side in one run (``--layouts``, ``INGRESS/PACKING`` pairs): by default the shipped one
@@ -16,8 +18,8 @@
   when Ray starts), one after the other;
 * Serve's own floor in each layout's ingress mode (``serve_floor.py``: a bare ingress, one handle hop, one
   batched hop, at concurrency 1, no ensdef code), beside the defenses' latency (``--no-floor`` skips it);
-* peak memory (PSS) of the whole served stack (every Ray process), sampled throughout, overall and while each
-  defense is measured; this driver's own peak apart.
+* peak memory (PSS) of the whole served stack (every Ray process), read whenever its resident size grows,
+  overall and while each defense is measured; this driver's own peak apart.
 
 Goal on the 2-core machine, shipped layout: served throughput at least 0.8 of in-process over HTTP and gRPC,
 p50 within 5 ms of in-process for single-network defenses; whole stack under 8 GB.
@@ -38,11 +40,10 @@ import os
 import statistics
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import aiohttp
+import grpc
 import ray
 import requests
 import torch
@@ -56,7 +57,8 @@ from deployments.settings import Packing, ServeSettings
 from ensdef.data import load_dataset
 from ensdef.defenses.base import Defense
 from ensdef.defenses.registry import DEFENSES, build_defense
-from ensdef.io.client import EnsdefClient, npy_body
+from ensdef.io.client import classify_request, npy_body
+from ensdef.io.proto import ensdef_pb2_grpc
 from ensdef.presets import load_preset
 from ensdef.rng import make_generator
 from ensdef.store import ArtifactStore
@@ -66,45 +68,85 @@ BODIES = 64  # distinct request bodies per request size, cycled
 JSON = {"Content-Type": "application/json"}
 
 
+RAY_PROCESS = (b"ray::", b"/ray/", b"raylet", b"gcs_server", b"haproxy")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
 class PeakMemory(threading.Thread):
     """Samples the summed proportional set size (PSS: shared pages such as torch's libraries split between the
     processes that map them, so the sum is the stack's real footprint) of every Ray process on the machine: the
-    served stack. This driver (load generator, and the in-process copy of every defense) is sampled apart."""
+    served stack. This driver (load generator, and the in-process copy of every defense) is sampled apart.
+
+    PSS is read only when the summed resident size of the stack and this driver (cheap: ``statm``) grows
+    past its largest so far in the phase (by 1%, checked every 0.5 s): reading ``smaps_rollup`` of every Ray
+    process costs about 80 ms of CPU, which once a second took 8% of a core from the service being measured.
+    The stack's memory grows by loading models and batches, which raises both sizes together, so the PSS peak
+    is read where the resident size peaks."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.peak, self.driver_peak, self.stop, self.top = 0, 0, threading.Event(), []
         self.phase, self.phases = "start", {}  # phase name -> (stack peak bytes, its largest processes)
+        self.pss_reads = 0
 
     @staticmethod
-    def pss() -> tuple[list[tuple[int, str]], int]:
-        """``(PSS bytes, command)`` for every Ray process, and this driver's PSS."""
-        out, driver = [], 0
+    def ray_processes() -> list[tuple[Path, bytes, bool]]:
+        """``(/proc entry, command line, is this driver)`` of every Ray process and this driver."""
+        out = []
         for proc in Path("/proc").glob("[0-9]*"):
             try:
                 cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
-                me = proc.name == str(os.getpid())
-                if me or any(k in cmd for k in (b"ray::", b"/ray/", b"raylet", b"gcs_server", b"haproxy")):
-                    rollup = (proc / "smaps_rollup").read_text().splitlines()
-                    kb = [int(ln.split()[1]) for ln in rollup if ln.startswith("Pss:")]
-                    if me:
-                        driver = kb[0] * 1024 if kb else 0
-                    else:
-                        out.append((kb[0] * 1024 if kb else 0, cmd.decode(errors="replace")[:60]))
             except OSError:
                 continue
+            me = proc.name == str(os.getpid())
+            if me or any(k in cmd for k in RAY_PROCESS):
+                out.append((proc, cmd, me))
+        return out
+
+    @staticmethod
+    def rss(procs: list[tuple[Path, bytes, bool]]) -> int:
+        total = 0
+        for proc, _, _ in procs:
+            try:
+                total += int((proc / "statm").read_text().split()[1]) * PAGE
+            except (OSError, IndexError, ValueError):
+                continue
+        return total
+
+    @staticmethod
+    def pss(procs: list[tuple[Path, bytes, bool]]) -> tuple[list[tuple[int, str]], int]:
+        """``(PSS bytes, command)`` for every Ray process, and this driver's PSS."""
+        out, driver = [], 0
+        for proc, cmd, me in procs:
+            try:
+                rollup = (proc / "smaps_rollup").read_text().splitlines()
+            except OSError:
+                continue
+            kb = [int(ln.split()[1]) for ln in rollup if ln.startswith("Pss:")]
+            if me:
+                driver = kb[0] * 1024 if kb else 0
+            else:
+                out.append((kb[0] * 1024 if kb else 0, cmd.decode(errors="replace")[:60]))
         return out, driver
 
     def run(self) -> None:
+        phase, rss_peak = None, 0
         while not self.stop.is_set():
-            procs, driver = self.pss()
-            total, top = sum(p for p, _ in procs), sorted(procs, reverse=True)[:3]
-            self.driver_peak = max(self.driver_peak, driver)
-            if total > self.peak:
-                self.peak, self.top = total, sorted(procs, reverse=True)[:5]
-            if total > self.phases.get(self.phase, (0,))[0]:
-                self.phases[self.phase] = (total, top)
-            self.stop.wait(1.0)  # reading smaps_rollup costs kernel time: once a second
+            if self.phase != phase:
+                phase, rss_peak = self.phase, 0  # every phase gets its own peak
+            procs = self.ray_processes()
+            rss = self.rss(procs)
+            if rss > 1.01 * rss_peak:
+                rss_peak = rss
+                self.pss_reads += 1
+                stack, driver = self.pss(procs)
+                total, top = sum(p for p, _ in stack), sorted(stack, reverse=True)[:3]
+                self.driver_peak = max(self.driver_peak, driver)
+                if total > self.peak:
+                    self.peak, self.top = total, sorted(stack, reverse=True)[:5]
+                if total > self.phases.get(phase, (0,))[0]:
+                    self.phases[phase] = (total, top)
+            self.stop.wait(0.5)
 
 
 def inprocess_throughput(d: Defense, batch: torch.Tensor, seconds: float) -> float:
@@ -281,7 +323,6 @@ def serve_layout(
     deploy_s = time.perf_counter() - t0
     rows = []
     local = threading.local()  # one keep-alive session per client thread
-    grpc_client = EnsdefClient(ep.grpc, timeout_s=120) if a.grpc else None
 
     def images(i: int, k: int) -> torch.Tensor:
         j = (i * k) % (len(x) - k)
@@ -296,27 +337,11 @@ def serve_layout(
             bodies[key] = json.dumps(npy_body(xs) if a.wire == "npy" else {"images": xs.tolist()}).encode()
         return bodies[key]
 
-    def throughput(call: Callable[[int, int], object], k: int) -> float:
-        """Images per second of ``a.concurrency`` clients sending ``k``-image requests back to back for
-        ``a.seconds`` (at least ``a.requests`` requests in all); counted until the last answer."""
-        counter = itertools.count()
-        t = time.perf_counter()
-        end = t + a.seconds
-
-        def client() -> int:
-            done = 0
-            while (i := next(counter)) < a.requests or time.perf_counter() < end:
-                call(i, k)
-                done += 1
-            return done
-
-        with ThreadPoolExecutor(a.concurrency) as pool:
-            n = sum(pool.map(lambda _: client(), range(a.concurrency)))
-        return n * k / (time.perf_counter() - t)
-
     def http_throughput(url: str, k: int) -> float:
-        """As :func:`throughput`, for HTTP, from ``a.concurrency`` asyncio clients on one event loop (aiohttp,
-        keep-alive): 32 client threads of ``requests`` fight over the GIL and take CPU the service needs."""
+        """Images per second of ``a.concurrency`` clients sending ``k``-image requests back to back for
+        ``a.seconds`` (at least ``a.requests`` requests in all), counted until the last answer; asyncio clients
+        on one event loop (aiohttp, keep-alive): 32 client threads fight over the GIL and take CPU the service
+        needs."""
 
         async def run() -> int:
             counter = itertools.count()
@@ -341,6 +366,31 @@ def serve_layout(
         n = asyncio.run(run())
         return n * k / (time.perf_counter() - t)
 
+    def grpc_throughput(address: str, defense: str, k: int) -> float:
+        """As :func:`http_throughput`, for gRPC: ``a.concurrency`` calls outstanding on one channel from one
+        asyncio loop (``grpc.aio``), requests encoded before the clock starts."""
+        reqs = [classify_request(defense, images(i, k)) for i in range(BODIES)]
+        meta = (("application", "ensdef"),)
+
+        async def run() -> int:
+            counter = itertools.count()
+            end = time.perf_counter() + a.seconds
+            async with grpc.aio.insecure_channel(address) as channel:
+                stub = ensdef_pb2_grpc.EnsdefStub(channel)
+
+                async def client() -> int:
+                    done = 0
+                    while (i := next(counter)) < a.requests or time.perf_counter() < end:
+                        await stub.Classify(reqs[i % BODIES], metadata=meta, timeout=120)
+                        done += 1
+                    return done
+
+                return sum(await asyncio.gather(*(client() for _ in range(a.concurrency))))
+
+        t = time.perf_counter()
+        n = asyncio.run(run())
+        return n * k / (time.perf_counter() - t)
+
     for name in ep.defenses:
         d, inproc_before, lat_in = inproc[name]
         url = f"{ep.http}/v1/{name}/classify"
@@ -353,16 +403,12 @@ def serve_layout(
             r.raise_for_status()
             return time.perf_counter() - t
 
-        def one_grpc(i: int, k: int, name: str = name) -> None:
-            assert grpc_client is not None
-            grpc_client.classify(name, images(i, k))
-
         mem.phase = f"{ingress.value}/{packing.value}/{name}"
         for i in range(5):
             one(i, 1)  # warm up the path
         lat_http = [one(i, 1) for i in range(30)]
         http_tput = http_throughput(url, a.images_per_request)
-        grpc_tput = throughput(one_grpc, a.images_per_request) if grpc_client else None
+        grpc_tput = grpc_throughput(ep.grpc, name, a.images_per_request) if a.grpc else None
         inproc_after = inprocess_throughput(d, x[: max(a.images_per_request, 32)], a.seconds)
         inproc_tput = max(inproc_before, inproc_after)
         inproc[name] = (d, inproc_tput, lat_in)  # the best so far: the next layout's reference
@@ -387,8 +433,6 @@ def serve_layout(
             }
         )
         print(json.dumps({"layout": f"{ingress.value}/{packing.value}", **rows[-1]}), flush=True)
-    if grpc_client is not None:
-        grpc_client.close()
     floor = {} if a.no_floor else {"serve_floor": floor_latency(deploy_floor(ingress, ep.http, a.batch_wait_s))}
     return {"deploy_seconds": round(deploy_s, 1), **floor, "defenses": rows}
 

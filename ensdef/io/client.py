@@ -35,16 +35,7 @@ class EnsdefClient:
     ) -> list[dict[str, Any]]:
         """One answer per image: ``label`` (None when abstained), ``flagged``, ``abstained``, ``degraded``
         and, with the admin token, ``diagnostics``."""
-        a = np.ascontiguousarray(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x)
-        dtype = {np.dtype(np.float32): "float32", np.dtype(np.float64): "float64", np.dtype(np.uint8): "uint8"}
-        req = ensdef_pb2.ClassifyRequest(
-            defense=defense,
-            tensor=a.astype(a.dtype.newbyteorder("<")).tobytes(),
-            shape=list(a.shape),
-            dtype=dtype.get(a.dtype, str(a.dtype)),
-            admin_token=admin_token,
-            seed=seed,
-        )
+        req = classify_request(defense, x, admin_token, seed)
         resp = self.stub.Classify(req, metadata=self.metadata, timeout=self.timeout_s)
         return [_answer(r) for r in resp.answers]
 
@@ -54,6 +45,22 @@ class EnsdefClient:
 
     def close(self) -> None:
         self.channel.close()
+
+
+def classify_request(
+    defense: str, x: torch.Tensor | np.ndarray, admin_token: str = "", seed: int | None = None
+) -> ensdef_pb2.ClassifyRequest:
+    """The gRPC request for images ``x`` ``[B, C, H, W]``: little-endian tensor bytes with shape and dtype."""
+    a = np.ascontiguousarray(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x)
+    dtype = {np.dtype(np.float32): "float32", np.dtype(np.float64): "float64", np.dtype(np.uint8): "uint8"}
+    return ensdef_pb2.ClassifyRequest(
+        defense=defense,
+        tensor=a.astype(a.dtype.newbyteorder("<")).tobytes(),
+        shape=list(a.shape),
+        dtype=dtype.get(a.dtype, str(a.dtype)),
+        admin_token=admin_token,
+        seed=seed,
+    )
 
 
 def npy_body(x: torch.Tensor | np.ndarray, seed: int | None = None) -> dict[str, Any]:
