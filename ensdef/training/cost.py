@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -21,18 +22,31 @@ from ensdef.rng import seeded
 from ensdef.training.pools import MemberPlan
 
 
-def step_seconds(plan: MemberPlan, data: Dataset, repeats: int = 2) -> float:
-    """Seconds of one forward and backward pass of ``plan``'s model on a zero batch of its batch size
-    (the best of ``repeats`` after one warm-up pass), on the CPU with this process's torch threads."""
-    with seeded(0):
-        model = build(plan.architecture, data.shape, data.num_classes, **plan.extra.get("build_kwargs", {}))
-    x = torch.zeros(plan.train.batch_size, *data.shape)
-    best = math.inf
-    for i in range(repeats + 1):
-        t = time.perf_counter()
-        model(x).float().square().mean().backward()
-        if i:  # the first pass warms up allocators and kernels
-            best = min(best, time.perf_counter() - t)
+def _timed_pass(model: torch.nn.Module, x: torch.Tensor, clock: Callable[[], float]) -> float:
+    """Seconds of one forward and backward pass of ``model`` on ``x``."""
+    t = clock()
+    model(x).float().square().mean().backward()
+    return clock() - t
+
+
+def step_seconds(
+    plans: list[MemberPlan], data: Dataset, rounds: int = 5, clock: Callable[[], float] = time.perf_counter
+) -> list[float]:
+    """Seconds of one forward and backward pass of each plan's model on a zero batch of its batch size, on the
+    CPU with this process's torch threads. The models are timed in turns, ``rounds`` times after a warm-up
+    round (allocators, kernels), and each keeps its best: a load that comes and goes while they are timed
+    (a test run, another training) slows one turn of one model, not the order of the costs."""
+    built = []
+    for p in plans:
+        with seeded(0):
+            model = build(p.architecture, data.shape, data.num_classes, **p.extra.get("build_kwargs", {}))
+        built.append((model, torch.zeros(p.train.batch_size, *data.shape)))
+    best = [math.inf] * len(plans)
+    for r in range(rounds + 1):
+        for i, (model, x) in enumerate(built):
+            seconds = _timed_pass(model, x, clock)
+            if r:
+                best[i] = min(best[i], seconds)
     return best
 
 
@@ -69,18 +83,21 @@ def planned_steps(plan: MemberPlan, data: Dataset) -> int:
     return plan.train.epochs * math.ceil(n / plan.train.batch_size)
 
 
-def training_costs(plans: list[MemberPlan], data: Dataset) -> dict[str, float]:
+def training_costs(
+    plans: list[MemberPlan], data: Dataset, clock: Callable[[], float] = time.perf_counter
+) -> dict[str, float]:
     """Estimated training seconds per plan name (relative: for ordering, not a promise of wall time):
     :func:`planned_steps` x :func:`passes_per_step` x :func:`step_seconds`, timed once per distinct model and
-    batch size (the ten temperature networks of a preset share one timing)."""
-    step: dict[str, float] = {}
-    cost = {}
+    batch size (the ten temperature networks of a preset share one timing), all of them in the same turns."""
+    distinct: dict[str, MemberPlan] = {}
     for p in plans:
-        key = json.dumps([p.architecture, p.train.batch_size, p.extra.get("build_kwargs", {})], sort_keys=True)
-        if key not in step:
-            step[key] = step_seconds(p, data)
-        cost[p.name] = planned_steps(p, data) * passes_per_step(p) * step[key]
-    return cost
+        distinct.setdefault(_model_key(p), p)
+    step = dict(zip(distinct, step_seconds(list(distinct.values()), data, clock=clock), strict=True))
+    return {p.name: planned_steps(p, data) * passes_per_step(p) * step[_model_key(p)] for p in plans}
+
+
+def _model_key(p: MemberPlan) -> str:
+    return json.dumps([p.architecture, p.train.batch_size, p.extra.get("build_kwargs", {})], sort_keys=True)
 
 
 def longest_first(plans: list[MemberPlan], data: Dataset) -> list[MemberPlan]:

@@ -94,21 +94,27 @@ def schedule(
     step's artifact exists. Raises KeyError for a defense without pools."""
     wanted = [d for d in defenses]
     pools = {p for d in wanted for p in DEFENSE_POOLS[d]}
-    steps: dict[Pool, Step] = {}
+    planned: dict[Pool, tuple[list[MemberPlan], list[MemberPlan], bool]] = {}
     for pool in sorted(pools, key=list(Pool).index):
         plans = plan_pool(preset, pool)
         todo = [p for p in plans if not stored_as_planned(store, p)]
         post = pool in POST_STEPS and (bool(todo) or not store.has_json(POST_STEPS[pool].artifact))
-        if not todo and not post:
-            continue
-        cost = costs(plans, data) if todo or pool is Pool.REFORMERS else {}
-        steps[pool] = Step(
+        if todo or post:
+            planned[pool] = (plans, todo, post)
+    # every pool's members costed in one call (timed in the same turns): a load that comes and goes while
+    # they are timed cannot put a cheap pool behind an expensive one
+    timed = [p for pool, (plans, todo, _) in planned.items() if todo or pool is Pool.REFORMERS for p in plans]
+    cost = costs(timed, data) if timed else {}
+    steps = {
+        pool: Step(
             pool,
             len(plans),
             {p.name: cost[p.name] for p in todo},
             _post_cost(pool, preset, plans, cost, data) if post else 0.0,
             (),
         )
+        for pool, (plans, todo, post) in planned.items()
+    }
     order: list[Step] = []
     done: set[Pool] = set()
     left = set(wanted)

@@ -4,14 +4,16 @@ gets a finite positive cost, and the ordering follows planned work."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
+import time
 from dataclasses import replace
 
 import pytest
 
 from ensdef.data import Dataset
 from ensdef.presets import AdversarialConfig, AdvMethod, load_preset
-from ensdef.training.cost import longest_first, passes_per_step, training_costs
+from ensdef.training.cost import longest_first, passes_per_step, step_seconds, training_costs
 from ensdef.training.pools import DataSlice, Pool, plan_pool
 from ensdef.types import DataShare
 from tests.conftest import FIXTURES
@@ -33,6 +35,21 @@ def test_longest_first_follows_planned_work(mnist5k: Dataset) -> None:
     long = dataclasses.replace(mlp, name="long", train=dataclasses.replace(mlp.train, epochs=50))
     part = dataclasses.replace(long, name="partitioned", data=DataSlice(0, 10, DataShare.PARTITION))  # a tenth
     assert [p.name for p in longest_first([part, short, long], mnist5k)] == ["long", "partitioned", "short"]
+
+
+def test_a_load_that_slows_one_turn_does_not_change_the_timing(mnist5k: Dataset) -> None:
+    """Models are timed in turns and each keeps its best: a pass slowed by 5 s (a load that came and went) is
+    dropped; with a single turn, nothing can drop it."""
+    plans = [p for p in plan_pool(load_preset("mnist5k"), Pool.VERIFIERS) if p.architecture in ("mlp", "lenet")]
+    assert len(plans) == 2
+
+    def slowed_clock():  # noqa: ANN202  (calls 1-4: the warm-up turn; calls 5 and 6 time the first model)
+        calls = itertools.count(1)
+        return lambda: time.perf_counter() + (5.0 if next(calls) == 6 else 0.0)
+
+    assert max(step_seconds(plans, mnist5k, rounds=2, clock=slowed_clock())) < 1.0
+    first, second = step_seconds(plans, mnist5k, rounds=1, clock=slowed_clock())
+    assert first >= 5.0 and second < 1.0
 
 
 def test_passes_per_step_count_sampled_networks_and_attack_passes() -> None:

@@ -60,10 +60,16 @@ def test_an_empty_store_serves_the_cheapest_defense_first_and_unlocks_every_defe
 ) -> None:
     _, preset = random_store
 
+    calls = []
+
     def work(plans, data):  # planned optimisation steps: what the cost model scales by a timed pass
+        calls.append([p.name for p in plans])
         return {p.name: float(planned_steps(p, data)) for p in plans}
 
     steps = schedule(preset, mnist5k, ArtifactStore(tmp_path), list(DEFENSES), work)
+    # every pool costed in one call, so that one timing covers them all (a passing load cannot reorder them)
+    assert len(calls) == 1 and sorted(calls[0]) == sorted(p.name for pool in Pool for p in plan_pool(preset, pool))
+    calls.clear()
     assert steps[0].todo == work(plan_pool(preset, steps[0].pool), mnist5k)
     cost = {s.pool: s.cost for s in steps}
     whole = {d: sum(cost[p] for p in DEFENSE_POOLS[d]) for d in DEFENSES}
