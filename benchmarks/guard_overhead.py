@@ -2,10 +2,11 @@
 
 * in process, per request of ``--images`` images: validation (decoding and checking the ``.npy`` JSON body),
   the quota check (both windows), and stateful detection with the client's memory full (``memory`` queries);
-* served throughput (HTTP, concurrency 32, ``--images`` images per request, ``--seconds`` sustained) of the same
-  defense with the guard as shipped plus an API key and a quota that never binds, against the guard off (no
-  keys, no quota, detection off); the two applications are deployed one after the other on the same local Ray,
-  each measured twice, alternating.
+* served throughput through the shipped ingress mode (HAProxy; HTTP, concurrency 32, ``--images`` images per
+  request, ``--seconds`` sustained) of the same defense with the guard as shipped plus an API key and a quota
+  that never binds, against the guard off (no keys, no quota, detection off); the two applications are
+  deployed one after the other on the same local Ray,
+  each measured ``--runs`` times, alternating.
 
     .venv/bin/python benchmarks/guard_overhead.py --store DIR [--preset mnist5k-quick] [--defense target]
         [--images 64] [--seconds 10]
@@ -23,6 +24,7 @@ import aiohttp
 from ray import serve
 
 from deployments.launch import deploy, start_local
+from deployments.modes import IngressMode
 from deployments.settings import ServeSettings
 from ensdef.data import load_dataset
 from ensdef.guard.keys import new_key
@@ -73,6 +75,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=64)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--port", type=int, default=8400)
+    p.add_argument("--runs", type=int, default=2, help="alternating measurements of each application")
     a = p.parse_args()
     preset = load_preset(a.preset)
     data = load_dataset(preset.dataset, preset.data_root)
@@ -100,9 +103,9 @@ def main() -> None:
         ),
         "guard off": ({"detection": {"action": "off"}}, {"Content-Type": "application/json"}),
     }
-    start_local(2)
+    start_local(2, env=IngressMode.HAPROXY.env(a.port, a.port + 200))  # the shipped ingress mode
     runs: dict[str, list[float]] = {k: [] for k in guards}
-    for _ in range(2):
+    for _ in range(a.runs):
         for name, (guard, headers) in guards.items():
             s = ServeSettings.from_dict(
                 {
@@ -113,7 +116,7 @@ def main() -> None:
                     "guard": guard,
                 }
             )
-            ep = deploy(s, "127.0.0.1", a.port, a.port + 1)
+            ep = deploy(s, "127.0.0.1", a.port, a.port + 200, ingress=IngressMode.HAPROXY)
             url = f"{ep.http}/v1/{a.defense}/classify"
             served(url, bodies, headers, a.images, 2.0)  # warm-up
             runs[name].append(round(served(url, bodies, headers, a.images, a.seconds), 1))
