@@ -148,7 +148,8 @@ class StatefulDetector:
         if m:
             full = m == len(live)
             vectors = torch.from_numpy(st.vectors if full else st.vectors[live]).float()
-            d = torch.cat([_squared_distances(et, norms, vectors, torch.from_numpy(st.norms[live])), own], 1)
+            v_norms = torch.from_numpy(st.norms if full else st.norms[live])
+            d = torch.cat([_squared_distances(et, norms, vectors, v_norms), own], 1)
         nearest = np.partition(d.numpy(), k - 1, axis=1)[:, :k]  # numpy's partition: twice torch's topk's speed
         return np.sqrt(nearest).mean(axis=1)  # inf where fewer than k neighbours exist
 
