@@ -40,6 +40,7 @@ import os
 import statistics
 import threading
 import time
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 
 import aiohttp
@@ -87,7 +88,6 @@ class PeakMemory(threading.Thread):
         super().__init__(daemon=True)
         self.peak, self.driver_peak, self.stop, self.top = 0, 0, threading.Event(), []
         self.phase, self.phases = "start", {}  # phase name -> (stack peak bytes, its largest processes)
-        self.pss_reads = 0
 
     @staticmethod
     def ray_processes() -> list[tuple[Path, bytes, bool]]:
@@ -138,7 +138,6 @@ class PeakMemory(threading.Thread):
             rss = self.rss(procs)
             if rss > 1.01 * rss_peak:
                 rss_peak = rss
-                self.pss_reads += 1
                 stack, driver = self.pss(procs)
                 total, top = sum(p for p, _ in stack), sorted(stack, reverse=True)[:3]
                 self.driver_peak = max(self.driver_peak, driver)
@@ -337,59 +336,57 @@ def serve_layout(
             bodies[key] = json.dumps(npy_body(xs) if a.wire == "npy" else {"images": xs.tolist()}).encode()
         return bodies[key]
 
+    async def sustained(send: Callable[[int], Awaitable[object]]) -> int:
+        """Requests answered by ``a.concurrency`` asyncio clients calling ``send(i)`` back to back for
+        ``a.seconds`` (at least ``a.requests`` requests in all) on one event loop: 32 client threads would
+        fight over the GIL and take CPU the service needs."""
+        counter = itertools.count()
+        end = time.perf_counter() + a.seconds
+
+        async def client() -> int:
+            done = 0
+            while (i := next(counter)) < a.requests or time.perf_counter() < end:
+                await send(i)
+                done += 1
+            return done
+
+        return sum(await asyncio.gather(*(client() for _ in range(a.concurrency))))
+
+    def images_per_s(k: int, run: Callable[[], Coroutine[object, object, int]]) -> float:
+        """Images per second of ``k``-image requests, counted until the last answer."""
+        t = time.perf_counter()
+        n = asyncio.run(run())
+        return n * k / (time.perf_counter() - t)
+
     def http_throughput(url: str, k: int) -> float:
-        """Images per second of ``a.concurrency`` clients sending ``k``-image requests back to back for
-        ``a.seconds`` (at least ``a.requests`` requests in all), counted until the last answer; asyncio clients
-        on one event loop (aiohttp, keep-alive): 32 client threads fight over the GIL and take CPU the service
-        needs."""
+        """HTTP through aiohttp over keep-alive connections, bodies encoded before the clock starts."""
 
         async def run() -> int:
-            counter = itertools.count()
-            end = time.perf_counter() + a.seconds
             conn = aiohttp.TCPConnector(limit=a.concurrency)
             async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=120)) as session:
 
-                async def client() -> int:
-                    done = 0
-                    while (i := next(counter)) < a.requests or time.perf_counter() < end:
-                        async with session.post(url, data=body(i, k), headers=JSON) as r:
-                            r.raise_for_status()
-                            await r.read()
-                        done += 1
-                    return done
+                async def send(i: int) -> None:
+                    async with session.post(url, data=body(i, k), headers=JSON) as r:
+                        r.raise_for_status()
+                        await r.read()
 
-                return sum(await asyncio.gather(*(client() for _ in range(a.concurrency))))
+                return await sustained(send)
 
         for i in range(BODIES):
-            body(i, k)  # encoded before the clock starts
-        t = time.perf_counter()
-        n = asyncio.run(run())
-        return n * k / (time.perf_counter() - t)
+            body(i, k)
+        return images_per_s(k, run)
 
     def grpc_throughput(address: str, defense: str, k: int) -> float:
-        """As :func:`http_throughput`, for gRPC: ``a.concurrency`` calls outstanding on one channel from one
-        asyncio loop (``grpc.aio``), requests encoded before the clock starts."""
+        """gRPC through ``grpc.aio`` on one channel, requests encoded before the clock starts."""
         reqs = [classify_request(defense, images(i, k)) for i in range(BODIES)]
-        meta = (("application", "ensdef"),)
+        meta = (("application", s.application),)
 
         async def run() -> int:
-            counter = itertools.count()
-            end = time.perf_counter() + a.seconds
             async with grpc.aio.insecure_channel(address) as channel:
                 stub = ensdef_pb2_grpc.EnsdefStub(channel)
+                return await sustained(lambda i: stub.Classify(reqs[i % BODIES], metadata=meta, timeout=120))
 
-                async def client() -> int:
-                    done = 0
-                    while (i := next(counter)) < a.requests or time.perf_counter() < end:
-                        await stub.Classify(reqs[i % BODIES], metadata=meta, timeout=120)
-                        done += 1
-                    return done
-
-                return sum(await asyncio.gather(*(client() for _ in range(a.concurrency))))
-
-        t = time.perf_counter()
-        n = asyncio.run(run())
-        return n * k / (time.perf_counter() - t)
+        return images_per_s(k, run)
 
     for name in ep.defenses:
         d, inproc_before, lat_in = inproc[name]
