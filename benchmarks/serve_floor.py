@@ -29,6 +29,7 @@ import io
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -36,13 +37,13 @@ import numpy as np
 import ray
 import requests
 import torch
-import yaml
 from fastapi import FastAPI, Request
 from ray import serve
 
+from deployments.config import load_serve_config
 from deployments.launch import deploy_proxies, ingress_targets, start_local
 from deployments.modes import PORT_SPAN, IngressMode
-from deployments.settings import MemberOptions
+from deployments.settings import MemberOptions, ServeSettings
 from ensdef.data import load_dataset
 from ensdef.presets import load_preset
 from ensdef.store import ArtifactStore
@@ -50,6 +51,24 @@ from ensdef.store import ArtifactStore
 APP, PREFIX = "floor", "/floor"
 PATHS = ("bare", "hop", "batched")
 SERVE_YAML = Path(__file__).resolve().parent.parent / "deployments" / "serve.yaml"
+
+
+def shipped() -> ServeSettings:
+    """The application args of the shipped small-machine config (``deployments/serve.yaml``)."""
+    return load_serve_config(SERVE_YAML).settings
+
+
+def images_per_second(step: Callable[[int], object], images: int, seconds: float) -> float:
+    """``images`` per call of ``step(n)`` (n = 0, 1, ...) repeated for at least ``seconds`` after one warm-up
+    call: the in-process rate the served ones are read against."""
+    step(0)
+    n, t = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - t) < seconds:
+        step(n)
+        n += 1
+    return n * images / elapsed
+
+
 BODY = b"0" * 4200  # a one-image request: base64 .npy of 28 x 28 float32 in JSON
 floor_api = FastAPI()
 
@@ -117,10 +136,9 @@ def deploy_floor(
     URL (with direct ingress, its own replica's port on the host of ``http_base``)."""
     fwd = None
     if forward is not None:
-        shipped = yaml.safe_load(SERVE_YAML.read_text())["applications"][0]["args"]
-        m, env = shipped["members"], {"env_vars": shipped["env_vars"]}
-        fwd = Forward.options(ray_actor_options={"num_cpus": 0.1, "runtime_env": env})
-        fwd = fwd.bind(forward, m["threads"], m["max_pass_images"])
+        s = shipped()
+        fwd = Forward.options(ray_actor_options={"num_cpus": 0.1, "runtime_env": {"env_vars": s.env_vars}})
+        fwd = fwd.bind(forward, s.members.threads, s.members.max_pass_images)
     serve.run(
         Floor.bind(Echo.bind(), BatchedEcho.bind(batch_wait_s), fwd), name=APP, route_prefix=PREFIX, blocking=False
     )
@@ -195,17 +213,6 @@ def forward_throughput(url: str, x: torch.Tensor, seconds: float, concurrency: i
     return n * k / (time.perf_counter() - t)
 
 
-def inprocess_forward(model: torch.nn.Module, x: torch.Tensor, seconds: float) -> float:
-    """Images per second of ``model``'s labels for ``x`` ``[64, C, H, W]`` in this process."""
-    with torch.inference_mode():
-        model(x)
-        n, t = 0, time.perf_counter()
-        while (elapsed := time.perf_counter() - t) < seconds:
-            model(x).argmax(1)
-            n += 1
-    return n * len(x) / elapsed
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--modes", default=",".join(m.value for m in IngressMode))
@@ -223,11 +230,11 @@ def main() -> None:
     extra = dict(kv.split("=", 1) for kv in a.env)
     model, x, inproc = None, torch.empty(0), 0.0
     if a.store:
-        shipped = yaml.safe_load(SERVE_YAML.read_text())["applications"][0]["args"]["members"]
-        torch.set_num_threads(shipped["threads"])  # as the member hosts compute
+        torch.set_num_threads(shipped().members.threads)  # as the member hosts compute
         model = ArtifactStore(a.store).load_model("target")[0]
         x = load_dataset(load_preset(a.preset).dataset).test.x
-        inproc = max(inprocess_forward(model, x[:64], a.seconds / 2) for _ in range(2))  # quiet: before Ray
+        with torch.inference_mode():  # quiet: before Ray starts
+            inproc = max(images_per_second(lambda _: model(x[:64]).argmax(1), 64, a.seconds / 2) for _ in range(2))
     report, tput = {}, {}
     for n, mode in enumerate(IngressMode(m) for m in a.modes.split(",")):
         http_port, grpc_port = 8123 + 200 * n, 9323 + 200 * n

@@ -48,9 +48,8 @@ import grpc
 import ray
 import requests
 import torch
-import yaml
 from ray import serve
-from serve_floor import deploy_floor, floor_latency
+from serve_floor import deploy_floor, floor_latency, images_per_second, shipped
 
 from deployments.launch import deploy, start_local
 from deployments.modes import IngressMode
@@ -64,7 +63,6 @@ from ensdef.presets import load_preset
 from ensdef.rng import make_generator
 from ensdef.store import ArtifactStore
 
-SERVE_YAML = Path(__file__).resolve().parent.parent / "deployments" / "serve.yaml"
 BODIES = 64  # distinct request bodies per request size, cycled
 JSON = {"Content-Type": "application/json"}
 
@@ -150,12 +148,7 @@ class PeakMemory(threading.Thread):
 
 def inprocess_throughput(d: Defense, batch: torch.Tensor, seconds: float) -> float:
     """Images per second of ``d.decide`` on ``batch`` repeated for at least ``seconds`` (after a warm-up)."""
-    d.decide(batch, make_generator(0))
-    n, t = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - t) < seconds:
-        d.decide(batch, make_generator(n))
-        n += 1
-    return n * len(batch) / elapsed
+    return images_per_second(lambda n: d.decide(batch, make_generator(n)), len(batch), seconds)
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -182,7 +175,7 @@ def main() -> None:
     ap.add_argument("--images-per-request", type=int, default=64, help="default: the service's max_images")
     ap.add_argument("--wire", default="npy", choices=["npy", "json"], help="HTTP body encoding")
     ap.add_argument("--grpc", action="store_true", help="also measure gRPC throughput")
-    ap.add_argument("--max-pass-images", type=int, default=256, help="member hosts' images per forward pass")
+    ap.add_argument("--max-pass-images", type=int, default=None, help="images per member pass (default: serve.yaml's)")
     ap.add_argument(
         "--env",
         action="append",
@@ -204,12 +197,14 @@ def main() -> None:
     ap.add_argument("--no-floor", action="store_true", help="skip Serve's latency floor (serve_floor.py)")
     ap.add_argument("--object-store-mb", type=int, default=1024, help="object store of the local Ray")
     a = ap.parse_args()
-    shipped = yaml.safe_load(SERVE_YAML.read_text())["applications"][0]["args"]  # the small-machine config
+    small = shipped()  # the small-machine config
     if a.member_threads is None:
-        a.member_threads = shipped["members"]["threads"]
+        a.member_threads = small.members.threads
     if a.batch_wait_s is None:
-        a.batch_wait_s = shipped["members"]["batch_wait_timeout_s"]
-    env = dict(kv.split("=", 1) for kv in a.env) if a.env else dict(shipped["env_vars"])
+        a.batch_wait_s = small.members.batch_wait_timeout_s
+    if a.max_pass_images is None:
+        a.max_pass_images = small.members.max_pass_images
+    env = dict(kv.split("=", 1) for kv in a.env) if a.env else dict(small.env_vars)
     torch.set_num_threads(2)
     mem = PeakMemory()
     mem.start()
